@@ -1,0 +1,123 @@
+"""Hashing losses: pure functions of (relaxed codes, labels), plus one Keras ``Loss`` that
+applies them segment by segment with each segment's own label level.
+
+Codes ``h`` are (B, K) in (-1, 1). Labels are class ids (B,) or multi-hot (B, C); two items are
+similar when they share at least one label. All pairwise terms average over the B(B-1)
+ordered pairs i != j, so the numbers do not grow with the batch size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from keras import ops
+
+
+def similarity_matrix(labels):
+    """(B,) ids or (B, C) multi-hot -> (B, B) float32, 1 where the items share a label."""
+    labels = ops.convert_to_tensor(labels)
+    if len(labels.shape) == 1:
+        return ops.cast(ops.equal(labels[:, None], labels[None, :]), "float32")
+    multi = ops.cast(labels, "float32")
+    return ops.cast(ops.matmul(multi, ops.transpose(multi)) > 0, "float32")
+
+
+def _off_diagonal_mean(values):
+    b = ops.shape(values)[0]
+    mask = 1.0 - ops.eye(b, dtype=values.dtype)
+    return ops.sum(values * mask) / ops.maximum(ops.sum(mask), 1.0)
+
+
+def squared_distances(h):
+    sq = ops.sum(h * h, axis=1)
+    return ops.maximum(sq[:, None] + sq[None, :] - 2.0 * ops.matmul(h, ops.transpose(h)), 0.0)
+
+
+def pairwise_margin_loss(h, similarity, *, margin=0.5):
+    """``S * d + (1 - S) * max(0, m - d)`` with ``d = ||hi - hj||^2 / 4K``.
+
+    For binary codes ``||bi - bj||^2 = 4 * hamming``, so ``d`` is the fraction of differing
+    bits and ``margin`` is a fraction of the code length. Scaling the margin with K keeps one
+    setting meaningful for a 16-bit coarse segment and a 48-bit fine one; 0.5 asks dissimilar
+    pairs to differ in at least half their bits, as independent random codes do on average.
+    """
+    h = ops.cast(h, "float32")
+    d = squared_distances(h) / (4.0 * h.shape[-1])
+    s = ops.cast(similarity, "float32")
+    return _off_diagonal_mean(s * d + (1.0 - s) * ops.relu(margin - d))
+
+
+def dpsh_loss(h, similarity, *, scale=None):
+    """Pairwise likelihood (DPSH): ``softplus(theta) - S * theta``, ``theta = scale * hi.hj``.
+
+    DPSH uses ``scale = 1/2``; at 64 bits that makes ``theta`` span [-32, 32] and saturates the
+    sigmoid early, so the default is ``8 / K`` (theta in [-8, 8] whatever the length).
+    """
+    h = ops.cast(h, "float32")
+    k = h.shape[-1]
+    scale = 8.0 / k if scale is None else scale
+    theta = scale * ops.matmul(h, ops.transpose(h))
+    s = ops.cast(similarity, "float32")
+    # softplus(t) - t == softplus(-t): the same value without cancellation in float32.
+    return _off_diagonal_mean(ops.softplus((1.0 - 2.0 * s) * theta))
+
+
+def quantization_loss(h):
+    """Mean ``(|h| - 1)^2``: pushes codes to ±1 so signs survive int8 export."""
+    h = ops.cast(h, "float32")
+    return ops.mean(ops.square(ops.abs(h) - 1.0))
+
+
+def balance_loss(h):
+    """Mean over bits of the squared batch mean: each bit should split the data in half."""
+    h = ops.cast(h, "float32")
+    return ops.mean(ops.square(ops.mean(h, axis=0)))
+
+
+def hadamard(n: int) -> np.ndarray:
+    """Sylvester Hadamard matrix of order n (a power of two), entries ±1."""
+    if n < 1 or n & (n - 1):
+        raise ValueError(f"Hadamard order must be a power of two. Received: n={n}")
+    m = np.ones((1, 1), dtype=np.float32)
+    while m.shape[0] < n:
+        m = np.block([[m, m], [m, -m]])
+    return m
+
+
+def hash_centers(num_classes: int, bits: int, *, seed: int = 0) -> np.ndarray:
+    """(num_classes, bits) ±1 class centres, far apart (CSQ, Yuan et al. 2020).
+
+    Hadamard rows and their negations are pairwise at Hamming distance >= K/2 when K is a
+    power of two and there are at most 2K classes; otherwise the best of 20 seeded random
+    draws by minimum pairwise distance.
+    """
+    if num_classes < 1:
+        raise ValueError(f"`num_classes` must be >= 1. Received: num_classes={num_classes}")
+    if bits & (bits - 1) == 0 and num_classes <= 2 * bits:
+        h = hadamard(bits)
+        return np.concatenate([h, -h])[:num_classes]
+    rng = np.random.default_rng(seed)
+    best, best_min = None, -1
+    for _ in range(20):
+        c = rng.choice([-1.0, 1.0], size=(num_classes, bits)).astype(np.float32)
+        d = (bits - c @ c.T) / 2 + np.eye(num_classes) * bits
+        if d.min() > best_min:
+            best, best_min = c, d.min()
+    return best
+
+
+def center_loss(h, labels, centers):
+    """Binary cross-entropy between ``(h+1)/2`` and the label's centre bits ``(c+1)/2``.
+
+    Multi-hot labels take the sign of the summed centres of their classes.
+    """
+    h = ops.cast(h, "float32")
+    centers = ops.convert_to_tensor(centers, dtype="float32")
+    labels = ops.convert_to_tensor(labels)
+    if len(labels.shape) == 1:
+        target = ops.take(centers, ops.cast(labels, "int32"), axis=0)
+    else:
+        summed = ops.matmul(ops.cast(labels, "float32"), centers)
+        target = ops.where(summed >= 0, 1.0, -1.0)
+    p = ops.clip((h + 1.0) / 2.0, 1e-6, 1.0 - 1e-6)
+    t = (target + 1.0) / 2.0
+    return ops.mean(-(t * ops.log(p) + (1.0 - t) * ops.log(1.0 - p)))
