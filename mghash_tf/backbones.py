@@ -52,14 +52,17 @@ def _check_weights(weights):
 
 
 def small_cnn(image_size: int) -> keras.Model:
-    """A from-scratch CNN, fast on CPU at 32 px. Stages at strides 2, 4 and 8."""
+    """A from-scratch CNN, fast on CPU at 32 px. Stages at strides 2, 4 and 8.
+
+    Narrow on purpose (~0.3 M parameters, ~14 M multiply-adds at 32 px): it is the model a
+    2-core CPU trains in minutes and a Raspberry Pi runs in a few milliseconds."""
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = inputs
     stages = {}
-    for i, (width, stage) in enumerate([(32, None), (64, "low"), (128, "mid"), (256, "high")]):
+    for i, (width, stage) in enumerate([(16, None), (32, "low"), (64, "mid"), (128, "high")]):
         for j in range(2):
             x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i}_{j}")(x)
-            x = keras.layers.BatchNormalization(name=f"bn{i}_{j}")(x)
+            x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{i}_{j}")(x)
             x = keras.layers.ReLU(name=f"relu{i}_{j}")(x)
         if stage:
             stages[stage] = x

@@ -25,6 +25,7 @@ class TrainConfig:
     """
 
     data: str = "demo"
+    download: bool = False
     backbone: str = "small_cnn"
     weights: str | None = None
     image_size: int = 32

@@ -1,0 +1,5 @@
+import sys
+
+from mghash_tf.cli import main
+
+sys.exit(main())
