@@ -1,0 +1,5 @@
+"""``python -m edge_demo``: see :mod:`edge_demo.cli`."""
+
+from edge_demo.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,251 @@
+"""Index a photo folder incrementally and query it. NumPy + Pillow + LiteRT; never TensorFlow.
+
+Index contents: one code per readable photo; its name is the path relative to the photo root,
+with ``/`` separators, so a folder and its index can move together to another machine. The
+root itself is not stored: a query that needs the files (thumbnails, same-folder check) is
+given the root again (``--root``). Extra columns ``size`` and ``mtime_ns`` (int64) record the
+file as it was encoded; a later run re-encodes a file only when either changed.
+
+The index fingerprint is the model's weight fingerprint plus its variant (:func:`index_fingerprint`):
+an int8 and an fp32 export of the same weights disagree on a few bits, and an incremental run must
+never mix their codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mghash_tf.data_sources import RESAMPLE, decode_files, decode_image
+from mghash_tf.index import HammingIndex
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+                            ".ppm", ".pgm", ".pbm"})
+# Files decoded (in threads) and encoded per step: bounds memory and paces the progress callback.
+CHUNK = 64
+WHOLE_CODE = ("fine", "full")
+
+
+def index_fingerprint(description: dict) -> str:
+    return f"{description['fingerprint']}/{description['variant']}"
+
+
+def scan_folder(root) -> tuple:
+    """``({relative name: (size, mtime_ns)}, ignored count)`` of image files under ``root``.
+
+    Hidden files and folders are skipped; files with other suffixes are only counted.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"The photo root must be an existing folder. Received: {root}")
+    found, ignored = {}, 0
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for f in sorted(files):
+            if f.startswith("."):
+                continue
+            path = Path(folder) / f
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                ignored += 1
+                continue
+            try:
+                st = path.stat()
+            except OSError as e:  # deleted mid-scan, or a dangling link: not a photo to index
+                logger.warning("cannot stat %s: %s", path, e)
+                continue
+            found[path.relative_to(root).as_posix()] = (st.st_size, st.st_mtime_ns)
+    return found, ignored
+
+
+def _open_existing(out_path: Path, encoder, fingerprint: str):
+    """The index at ``out_path`` to update, or None when there is none or another model built it."""
+    if not out_path.exists():
+        return None
+    try:
+        index = HammingIndex.load(out_path)
+    except ValueError as e:
+        raise ValueError(f"--out {out_path} exists but is not a readable index ({e}); delete it or "
+                         "choose another path") from None
+    if index.fingerprint != fingerprint or index.layout != encoder.layout:
+        logger.warning("%s was built by another model (fingerprint %r, this model %r): rebuilding it",
+                       out_path, index.fingerprint, fingerprint)
+        return None
+    if index.names is None or set(index.extras) != {"size", "mtime_ns"}:
+        raise ValueError(f"--out {out_path} is an index without photo metadata (names, size, "
+                         "mtime_ns); delete it or choose another path")
+    return index
+
+
+def _plan(index, found: dict) -> tuple:
+    """(names to encode, ids of stale entries, names of changed files) for an incremental run."""
+    if index is None:
+        return sorted(found), np.zeros(0, np.int64), set()
+    known = {n: (i, (int(s), int(m))) for n, i, s, m in
+             zip(index.names, index.ids, index.extras["size"], index.extras["mtime_ns"])}
+    todo = sorted(n for n in found if n not in known or known[n][1] != found[n])
+    changed = {n for n in todo if n in known}
+    stale = [i for n, (i, _) in known.items() if n not in found or n in changed]
+    return todo, np.asarray(stale, np.int64), changed
+
+
+def _encode_files(root: Path, names: list, encoder, progress) -> tuple:
+    """(packed codes, encoded names, skipped [(name, reason)]) for ``names`` under ``root``."""
+    codes, done, skipped = [], [], []
+    for start in range(0, len(names), CHUNK):
+        chunk = names[start:start + CHUNK]
+        arrays, failed = decode_files([root / n for n in chunk], encoder.input_size)
+        reasons = dict(failed)
+        skipped += [(n, reasons[str(root / n)]) for n, a in zip(chunk, arrays) if a is None]
+        good = [(n, a) for n, a in zip(chunk, arrays) if a is not None]
+        if good:
+            codes.append(encoder.encode_bits(np.stack([a for _, a in good])))
+            done += [n for n, _ in good]
+        if progress:
+            progress(min(start + CHUNK, len(names)), len(names))
+    words = np.concatenate(codes) if codes else np.zeros((0, math.ceil(encoder.bits / 64)), np.uint64)
+    return words, done, skipped
+
+
+def index_folder(root, encoder, out_path, *, progress=None) -> dict:
+    """Index the photos under ``root`` into ``out_path``, encoding only new or changed files.
+
+    Args:
+        root: photo folder, scanned recursively.
+        encoder: a ``TFLiteEncoder`` (anything with ``description``, ``layout``, ``bits``,
+            ``input_size`` and ``encode_bits``).
+        out_path: index file; updated in place when it was built by the same model, rebuilt when
+            another model built it. Written atomically, and only when something changed.
+        progress: optional callable ``(done, total)`` called after each chunk of files.
+
+    Returns a report: ``added``, ``updated``, ``removed`` (deleted files, and changed files that
+    no longer decode), ``unchanged``, ``skipped`` (list of ``(name, reason)``: unreadable files,
+    never fatal), ``ignored`` (files without an image suffix), ``total`` (items in the index),
+    ``rebuilt``, ``seconds``, ``images_per_s`` (encoded files per second).
+    """
+    t0 = time.perf_counter()
+    root, out_path = Path(root), Path(out_path)
+    fingerprint = index_fingerprint(encoder.description)
+    found, ignored = scan_folder(root)
+    index = _open_existing(out_path, encoder, fingerprint)
+    rebuilt = index is None and out_path.exists()
+    todo, stale, changed = _plan(index, found)
+    if index is None:
+        index = HammingIndex(encoder.bits, encoder.layout, fingerprint=fingerprint)
+    words, done, skipped = _encode_files(root, todo, encoder, progress)
+    removed = index.remove(stale) if len(stale) else 0
+    if len(done):
+        sizes = np.asarray([found[n][0] for n in done], np.int64)
+        mtimes = np.asarray([found[n][1] for n in done], np.int64)
+        index.add(words, names=done, extras={"size": sizes, "mtime_ns": mtimes})
+    updated = sum(n in changed for n in done)
+    if len(done) or removed or not out_path.exists() or rebuilt:
+        index.save(out_path)
+    seconds = time.perf_counter() - t0
+    return {"added": len(done) - updated, "updated": updated, "removed": removed - updated,
+            "unchanged": len(found) - len(todo), "skipped": skipped, "ignored": ignored,
+            "total": len(index), "rebuilt": rebuilt, "seconds": seconds,
+            "images_per_s": len(done) / seconds if seconds > 0 else 0.0}
+
+
+def load_index_for(path, encoder) -> HammingIndex:
+    """The index at ``path``, refused (ValueError) unless ``encoder``'s model built it."""
+    return HammingIndex.load(path, expect_fingerprint=index_fingerprint(encoder.description))
+
+
+def granularity_args(layout, spec) -> dict:
+    """``{"granularity": ..., "weights": ...}`` for ``HammingIndex.search`` from a CLI spec.
+
+    Specs: None, ``"fine"`` or ``"full"``: the whole code (every segment; ``fine`` names the
+    finest granularity even when a segment is also called ``fine``); ``"coarse"``: the segments
+    whose ``label_level`` is coarse; ``"segment:NAME"`` or a bare segment name: that segment alone;
+    ``"scales:low=1,mid=0.5"``: the weighted sum of those segments' distances.
+    """
+    if spec is None or spec in WHOLE_CODE:
+        return {"granularity": None, "weights": None}
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"`granularity` must be a non-empty str. Received: granularity={spec!r}")
+    if spec == "coarse":
+        names = [s.name for s in layout.segments if s.label_level == "coarse"]
+        if not names:
+            raise ValueError(f"granularity 'coarse' needs a segment with label_level='coarse'; this "
+                             f"model's segments are {list(layout.names)}. Received: granularity='coarse'")
+        return {"granularity": names[0] if len(names) == 1 else names, "weights": None}
+    if spec.startswith("scales:"):
+        return {"granularity": None, "weights": _parse_weights(layout, spec)}
+    name = spec[len("segment:"):] if spec.startswith("segment:") else spec
+    if name not in layout.names:
+        raise ValueError(f"`granularity` must be fine, full, coarse, scales:NAME=W,... or a segment "
+                         f"name from {list(layout.names)}. Received: granularity={spec!r}")
+    return {"granularity": name, "weights": None}
+
+
+def _parse_weights(layout, spec: str) -> dict:
+    weights = {}
+    for part in spec[len("scales:"):].split(","):
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        try:
+            w = float(value) if sep else math.nan
+        except ValueError:
+            w = math.nan
+        if name not in layout.names or name in weights or not (math.isfinite(w) and w >= 0):
+            raise ValueError(f"`scales:` takes distinct segment=weight pairs, segments from "
+                             f"{list(layout.names)}, weights finite and >= 0. Received: {part!r} "
+                             f"in granularity={spec!r}")
+        weights[name] = w
+    if not any(weights.values()):
+        raise ValueError(f"At least one `scales:` weight must be > 0. Received: granularity={spec!r}")
+    return weights
+
+
+def prepare_query(source, input_size: int) -> np.ndarray:
+    """A query path or uint8 (H, W, 3) array -> uint8 (input_size, input_size, 3), decoded and
+    resized by the rules used at indexing time (``decode_image``)."""
+    if isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or source.ndim != 3 or source.shape[2] != 3:
+            raise ValueError(f"A query array must be uint8 (H, W, 3). Received: dtype={source.dtype}, "
+                             f"shape={source.shape}")
+        if source.shape[:2] == (input_size, input_size):
+            return source
+        return np.asarray(Image.fromarray(source).resize((input_size, input_size), RESAMPLE))
+    try:
+        return decode_image(source, input_size)
+    except Exception as e:  # Pillow raises many types on malformed data; name the file instead.
+        raise ValueError(f"Cannot read the query image {source}: {type(e).__name__}: {e}") from None
+
+
+def query_image(source, index, encoder, k: int = 10, granularity=None, *, cascade: bool = False,
+                shortlist: int | None = None, timings: dict | None = None) -> list:
+    """``[(name, distance), ...]`` of the ``k`` nearest photos to ``source`` (path or array).
+
+    ``granularity`` is a spec for :func:`granularity_args`. ``cascade``: shortlist by the coarse
+    segment, re-rank by the whole code (``granularity`` must then be the whole code).
+    ``timings``, when given, receives ``decode_ms``, ``encode_ms`` and ``search_ms``.
+    """
+    args = granularity_args(index.layout, granularity)
+    t0 = time.perf_counter()
+    image = prepare_query(source, encoder.input_size)
+    t1 = time.perf_counter()
+    code = encoder.encode_bits(image[None])
+    t2 = time.perf_counter()
+    if cascade:
+        if args["granularity"] is not None or args["weights"] is not None:
+            raise ValueError("--cascade ranks by the whole code; it takes no other granularity. "
+                             f"Received: granularity={granularity!r}")
+        coarse = [s.name for s in index.layout.segments if s.label_level == "coarse"]
+        D, I = index.cascade(code, k, coarse=coarse[0] if coarse else None, shortlist=shortlist)
+    else:
+        D, I = index.search(code, k, **args)
+    t3 = time.perf_counter()
+    if timings is not None:
+        timings.update(decode_ms=(t1 - t0) * 1e3, encode_ms=(t2 - t1) * 1e3, search_ms=(t3 - t2) * 1e3)
+    keep = I[0] >= 0
+    return list(zip(index.names_of(I[0][keep]), D[0][keep].tolist()))
