@@ -113,7 +113,9 @@ def _callbacks(out: Path, stage: int, splits: Splits, model, config, throughput)
     database = splits.train.subset(np.sort(rng.choice(len(splits.train.y_fine), n_db, replace=False)))
     from mghash_tf.model import get_layout_of
 
+    # Throughput first, so its epoch end is taken before the validation pass runs.
     callbacks = [
+        throughput,
         RetrievalValidation(splits.val, database, get_layout_of(model), has_coarse=splits.has_coarse),
         keras.callbacks.ModelCheckpoint(
             str(out / "best.weights.h5"), monitor="val_map_fine", mode="max",
@@ -121,7 +123,6 @@ def _callbacks(out: Path, stage: int, splits: Splits, model, config, throughput)
         ),
         keras.callbacks.CSVLogger(str(out / "log.csv"), append=True),
         keras.callbacks.BackupAndRestore(str(out / "backup" / f"stage{stage}")),
-        throughput,
     ]
     if config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(out / "tensorboard")))
