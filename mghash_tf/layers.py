@@ -91,9 +91,6 @@ class HashHead(keras.layers.Layer):
         out = codes[0] if len(codes) == 1 else ops.concatenate(codes, axis=-1)
         return ops.cast(out, "float32")
 
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0][0], sum(s.bits for s in self._segments))
-
     def get_config(self):
         config = super().get_config()
         config.update({"layout": self.layout, "stage_names": self.stage_names})

@@ -164,16 +164,12 @@ def train(config: TrainConfig, out_dir, *, image_set=None, verbose="auto") -> Tr
     out.mkdir(parents=True, exist_ok=True)
     config.to_json(out / "config.json")
     keras.utils.set_random_seed(config.seed)
-    if config.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
     splits = load_splits(config, image_set)
     logger.info("train %d, val %d, test %d", len(splits.train.y_fine), len(splits.val.y_fine),
                 0 if splits.test is None else len(splits.test.y_fine))
     pretrained = config.weights is not None
     strategy = _strategy(config.strategy)
-    with strategy.scope():
-        model = build_model(backbone=config.backbone, layout=config.layout, image_size=config.image_size,
-                            input_size=config.input_size, weights=config.weights)
+    model = _build(config, strategy)
     start = time.perf_counter()
     history, rates = {}, []
     stage1_done = out / "stage1.weights.h5"
@@ -200,6 +196,20 @@ def train(config: TrainConfig, out_dir, *, image_set=None, verbose="auto") -> Tr
     metrics = _final_metrics(model, splits, history, rates, train_seconds)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return TrainResult(model, metrics, out)
+
+
+def _build(config: TrainConfig, strategy):
+    """Layers take the dtype policy in force when they are built; the global policy is restored
+    afterwards so a mixed-precision run does not leak into later models in the process."""
+    previous = keras.mixed_precision.global_policy()
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        with strategy.scope():
+            return build_model(backbone=config.backbone, layout=config.layout, image_size=config.image_size,
+                               input_size=config.input_size, weights=config.weights)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def _atomic_save_model(model, path: Path):

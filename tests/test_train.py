@@ -110,3 +110,16 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2
     assert 0.0 < result["map_fine"] <= 1.0
+
+
+def test_mixed_precision_and_xla_switches(tmp_path):
+    import keras
+
+    from mghash_tf.train import train
+
+    result = train(tiny_config(mixed_precision=True, jit_compile=True, frozen_epochs=1), tmp_path,
+                   image_set=toy_set(), verbose=0)
+    assert result.model.get_layer("hash_head").compute_dtype == "float16"
+    assert result.model.output.dtype == "float32"  # codes and losses stay float32
+    assert keras.mixed_precision.global_policy().name == "float32"  # not leaked to later models
+    assert 0.0 < result.metrics["test"]["map_fine"] <= 1.0
