@@ -1,4 +1,4 @@
-"""``python -m mghash_tf train|demo ...``: the command line. Only this module prints."""
+"""``python -m mghash_tf train|demo|evaluate ...``: the command line. Only this module prints."""
 
 from __future__ import annotations
 
@@ -55,6 +55,57 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _print_table(result: dict) -> None:
+    from mghash_tf.evaluate import summary_rows
+
+    print(f"protocol: {result['protocol']}")
+    print(f"queries: {result['num_query']}, database: {result['num_db']}")
+    header = f"{'granularity':<12} {'bits':>4} {'method':<13} {'mAP':>7} {'mAP_tie':>7} {'P@100':>7} {'P@100_t':>7} {'P@r2':>7}"
+    print(header)
+    print("-" * len(header))
+    # Stable P@100 follows database order inside tie groups, so on a class-sorted database it
+    # can be far from the tie-aware value; both are printed.
+    for name, bits, method, m, mt, p100, p100t, pr2 in summary_rows(result):
+        pr2_text = "-" if pr2 is None else f"{pr2:.4f}"
+        print(f"{name:<12} {bits:>4} {method:<13} {m:>7.4f} {mt:>7.4f} {p100:>7.4f} {p100t:>7.4f} {pr2_text:>7}")
+    for corruption, per_gran in result.get("robustness", {}).items():
+        for name, maps in per_gran.items():
+            print(f"robustness {corruption:<20} {name:<8} mAP by severity 0..3: "
+                  + " ".join(f"{v:.4f}" for v in maps))
+
+
+def cmd_evaluate(args) -> int:
+    import json
+    from pathlib import Path
+
+    from mghash_tf import evaluate as ev
+    from mghash_tf import plots
+
+    model = ev.load_model(args.model)
+    image_set = ev.load_data(args.data, model)
+    granularities = args.granularity.split(",") if args.granularity else None
+    result = ev.evaluate(model, image_set, granularities=granularities, baselines=args.baselines,
+                         robustness=args.robustness, max_query=args.max_query, max_db=args.max_db,
+                         seed=args.seed)
+    result["data"] = args.data
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evaluation.json").write_text(json.dumps(result, indent=1))
+    compared = [json.loads(Path(p).read_text()) for p in args.compare]
+    written = [plots.pr_curves(result, out / "pr_curves.png")]
+    main_gran = "fine" if "fine" in result["granularities"] else next(iter(result["granularities"]))
+    written.append(plots.map_vs_bits([result, *compared], out / "map_vs_bits.png", granularity=main_gran))
+    grid = result["granularities"][main_gran]
+    written.append(plots.retrieval_grid(image_set.x, grid["examples"], out / "retrieval_grid.png",
+                                        title=f"{main_gran}: query, then top {len(grid['examples'][0]['db_indices'])} "
+                                              "(green = relevant, red = not)"))
+    if args.robustness:
+        written.append(plots.robustness(result, out / "robustness.png", granularity=main_gran))
+    _print_table(result)
+    print(f"wrote {out / 'evaluation.json'} and " + ", ".join(p.name for p in written))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mghash_tf", description=__doc__)
     parser.add_argument("--log-level", default="WARNING")
@@ -70,6 +121,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=int, default=None, help="override the demo's epoch count")
     d.add_argument("--verbose", type=int, default=2)
     d.set_defaults(func=cmd_demo)
+    e = sub.add_parser("evaluate", help="mAP per granularity, baselines, robustness and plots")
+    e.add_argument("--model", required=True, help="training output directory (or its model.keras)")
+    e.add_argument("--data", required=True, help="data spec: demo, npz:PATH, folder:PATH or tfds:NAME")
+    e.add_argument("--granularity", default=None,
+                   help="comma-separated granularities (fine, coarse, seg_<name>); default: all")
+    e.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
+                   help="LSH, PCA-sign, ITQ and float cosine on the same backbone features")
+    e.add_argument("--robustness", action="store_true", help="mAP of corrupted queries")
+    e.add_argument("--max-query", type=int, default=None, help="seeded random subset of the queries")
+    e.add_argument("--max-db", type=int, default=None, help="seeded random subset of the database")
+    e.add_argument("--compare", nargs="*", default=[],
+                   help="earlier evaluation.json files (other bit counts) for the mAP-vs-bits plot")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", required=True, help="directory for evaluation.json and the PNGs")
+    e.set_defaults(func=cmd_evaluate)
     return parser
 
 
