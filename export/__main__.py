@@ -101,8 +101,8 @@ def cmd_bench(args):
     notes = [f"Data: {args.data}; query = {settings.n_query} test-split images, database = "
              f"{settings.n_db} train-split images (seeded samples); mAP@all with fine labels.",
              f"Latency: LiteRT `invoke()` at batch 1, p50/p90 of {settings.repeats} runs (1 thread) and "
-             f"{max(settings.repeats // 2, 5)} runs (2 threads) after 3 warm-up runs, the files of one backbone "
-             f"timed in turn (interleaved); int8 calibration "
+             f"{max(settings.repeats // 2, 5)} runs (2 threads) after 3 warm-up runs; the files of one backbone are "
+             f"timed in turn, in blocks of 10 runs after one untimed run; int8 calibration "
              f"with {settings.rep_count} training images. Reduced sizes keep the run short.",
              "Untrained rows (trained = no) are random-init models: their sizes and latencies are "
              "real, their bit agreement and mAP are not what a trained model gives."] + args.note

@@ -70,16 +70,21 @@ def add_latency(records: list, files: dict, repeats: int) -> list:
     return records
 
 
+def backbone_params(model) -> int:
+    return int(model.get_layer("backbone").count_params())
+
+
 def bare_backbone_records(model, row: Row, representative, work: Path) -> tuple:
     """Records (without latency) and file bytes of the bare backbone's variants."""
     bare = _bare_backbone(model)
-    saved = convert.export_saved_model(bare, work / f"bare_{row.backbone}")
+    saved = convert.export_saved_model(bare, work / f"bare_{row.backbone}_{backbone_params(model)}")
     records, files = [], []
     for variant in BARE_VARIANTS:
         tflite = convert.convert_saved_model(saved, variant, representative=representative)
         records.append({"model": "backbone_only", "backbone": row.backbone, "image_size": row.image_size,
                         "input_size": row.input_size, "bits": None, "layout": None, "variant": variant,
-                        "params": int(bare.count_params()), "bytes": len(tflite), "bit_agreement": None,
+                        "params": int(bare.count_params()), "backbone_params": backbone_params(model),
+                        "bytes": len(tflite), "bit_agreement": None,
                         "map": None, "trained": False})
         files.append(tflite)
     return records, files
@@ -110,7 +115,8 @@ def model_records(model, row: Row, settings: BenchSettings, eval_sets, represent
         agreement = bit_agreement(np.concatenate([keras_q, keras_db]), np.concatenate([q, db]), layout)
         records.append({"model": "full", "backbone": row.backbone, "image_size": row.image_size,
                         "input_size": row.input_size, "bits": info["bits"], "layout": layout.to_dict(),
-                        "variant": variant, "params": info["params"], "bytes": path.stat().st_size,
+                        "variant": variant, "params": info["params"], "backbone_params": backbone_params(model),
+                        "bytes": path.stat().st_size,
                         "bit_agreement": round(agreement["all"], 5), "map": round(_map(q, db, query, database), 5),
                         "map_keras": round(keras_map, 5), "trained": trained,
                         "fingerprint": info["fingerprint"]})
@@ -120,12 +126,16 @@ def model_records(model, row: Row, settings: BenchSettings, eval_sets, represent
     return records, files
 
 
+def _backbone_key(record: dict) -> tuple:
+    # A trained model may predate a change to its backbone's definition: match on size too.
+    return record["backbone"], record.get("backbone_params"), record["variant"]
+
+
 def add_head_overhead(records: list) -> list:
-    """``head_overhead_pct``: full-model p50 (1 thread) over the bare backbone's, same variant."""
-    bare = {(r["backbone"], r["variant"]): r["latency_ms_p50_1t"] for r in records
-            if r["model"] == "backbone_only"}
+    """``head_overhead_pct``: full-model p50 (1 thread) over its bare backbone's, same variant."""
+    bare = {_backbone_key(r): r["latency_ms_p50_1t"] for r in records if r["model"] == "backbone_only"}
     for r in records:
-        base = bare.get((r["backbone"], r["variant"]))
+        base = bare.get(_backbone_key(r))
         if r["model"] == "full" and base:
             r["head_overhead_pct"] = round(100.0 * (r["latency_ms_p50_1t"] / base - 1.0), 2)
     return records
@@ -153,7 +163,7 @@ def _row_records(row: Row, settings: BenchSettings, image_set, eval_sets, traine
     from mghash_tf.model import build_model
 
     rep = quantize.representative_images_from(image_set, settings.rep_count, row.input_size, seed=settings.seed)
-    records, files = [], []
+    records, files, bare_done = [], [], set()
     for bits in settings.bits:
         model = trained.pop((row.backbone, row.image_size, bits), None)
         is_trained = model is not None
@@ -162,7 +172,9 @@ def _row_records(row: Row, settings: BenchSettings, image_set, eval_sets, traine
                                 image_size=row.image_size, input_size=row.input_size)
         r, f = model_records(model, row, settings, eval_sets, rep, work, trained=is_trained)
         records, files = records + r, files + f
-    r, f = bare_backbone_records(model, row, rep, work)
-    records, files = records + r, files + f
+        if backbone_params(model) not in bare_done:
+            bare_done.add(backbone_params(model))
+            r, f = bare_backbone_records(model, row, rep, work)
+            records, files = records + r, files + f
     logger.info("%s: timing %d files", row.backbone, len(files))
     return add_latency(records, dict(enumerate(files)), settings.repeats)

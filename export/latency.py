@@ -3,8 +3,8 @@
 Only ``invoke()`` is timed (the input tensor is set once): that is the model's cost, apart from
 decoding and resizing photos, which every variant shares. Batch 1, as a device encodes a photo
 at a time. On a shared machine other processes add noise; p90 shows how much, and
-:func:`measure_interleaved` times several models in turn, so a burst of background load hits
-all of them alike and ratios between them (head overhead) stay fair.
+:func:`measure_interleaved` times several models in turn, in short blocks, so a burst of
+background load hits all of them alike and ratios between them (head overhead) stay fair.
 """
 
 from __future__ import annotations
@@ -41,21 +41,26 @@ def _summary(times: np.ndarray, threads: int) -> dict:
 
 
 def measure_interleaved(models: dict, *, num_threads: int = 1, repeats: int = 30, warmup: int = 3,
-                        seed: int = 0) -> dict:
-    """``{name: summary}`` for ``{name: tflite bytes}``; run ``i`` of every model, then run ``i + 1``."""
+                        block: int = 10, seed: int = 0) -> dict:
+    """``{name: summary}`` for ``{name: tflite bytes}``, timed in rounds: each round gives every
+    model one untimed warm-up run (its weights back in cache) then ``block`` timed runs."""
     if not isinstance(repeats, int) or repeats < 1 or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"`repeats` must be >= 1 and `warmup` >= 0. Received: {repeats}, {warmup}")
+    if not isinstance(block, int) or block < 1:
+        raise ValueError(f"`block` must be an int >= 1. Received: block={block!r}")
     interpreters = {name: _prepared(data, num_threads, seed) for name, data in models.items()}
     for interpreter in interpreters.values():
         for _ in range(warmup):
             interpreter.invoke()
-    times = {name: np.empty(repeats) for name in models}
-    for i in range(repeats):
+    times = {name: [] for name in models}
+    while len(next(iter(times.values()))) < repeats:
         for name, interpreter in interpreters.items():
-            start = time.perf_counter()
             interpreter.invoke()
-            times[name][i] = (time.perf_counter() - start) * 1e3
-    return {name: _summary(t, num_threads) for name, t in times.items()}
+            for _ in range(min(block, repeats - len(times[name]))):
+                start = time.perf_counter()
+                interpreter.invoke()
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: _summary(np.asarray(t), num_threads) for name, t in times.items()}
 
 
 def measure_latency(tflite: bytes, *, num_threads: int = 1, repeats: int = 30, warmup: int = 3,

@@ -128,14 +128,15 @@ def _label(row: dict) -> str:
 
 
 def parity_summary(results: list) -> list:
-    lines = ["| run | variant | bit agreement | Δ mAP (points) | "
-             "targets met (agreement ≥ 99.5 %, mAP loss ≤ 0.5 point) |", "|---|---|---|---|---|"]
+    lines = ["| run | variant | bit agreement | mAP | Keras mAP | Δ mAP (points) | "
+             "targets met (agreement ≥ 99.5 %, mAP loss ≤ 0.5 point) |", "|---|---|---|---|---|---|---|"]
     for result in results:
         run = (result.get("note") or result["model"]["backbone"]).split(" ")[0].rstrip(".")
         for r in result["variants"]:
             delta = 100 * (r["map"] - result["keras"]["map"])
             met = r["bit_agreement"]["all"] >= 0.995 and delta >= -0.5
-            lines.append(f"| {run} | {_label(r)} | {r['bit_agreement']['all']:.4%} | {delta:+.2f} | "
+            lines.append(f"| {run} | {_label(r)} | {r['bit_agreement']['all']:.4%} | {r['map']:.4f} | "
+                         f"{result['keras']['map']:.4f} | {delta:+.2f} | "
                          f"{'yes' if met else 'no'} |")
     return lines
 
@@ -148,7 +149,7 @@ def parity_table(result: dict) -> str:
              f"Keras mAP {keras_map:.4f}. Protocol: {result['protocol']}.", "",
              "| file | variant | calib. images | KB | bit agreement | " + " | ".join(segments) +
              " | mAP | Δ mAP (points) | mAP vs Keras db | flipped bits | max \\|h\\| flipped |",
-             "|---" * (9 + len(segments)) + "|"]
+             "|---" * (10 + len(segments)) + "|"]
     for r in result["variants"]:
         agreement = r["bit_agreement"]
         flipped = sum(r["flips"]["flipped"])

@@ -25,6 +25,15 @@ def test_head_overhead_is_relative_to_the_same_variant():
     assert "head_overhead_pct" not in records[2]
 
 
+def test_head_overhead_matches_backbones_of_the_same_size():
+    old = {**_record("full", "a", "fp32", 3.0), "backbone_params": 100}
+    new = {**_record("full", "a", "fp32", 1.1), "backbone_params": 50}
+    bare_old = {**_record("backbone_only", "a", "fp32", 2.5), "backbone_params": 100}
+    bare_new = {**_record("backbone_only", "a", "fp32", 1.0), "backbone_params": 50}
+    bench.add_head_overhead([old, new, bare_old, bare_new])
+    assert old["head_overhead_pct"] == 20.0 and new["head_overhead_pct"] == 10.0
+
+
 def test_summary_reports_size_ratio_and_overhead():
     records = [_record("full", "a", "fp32", 2.0, size=4000), _record("full", "a", "int8", 1.0, size=1000),
                _record("full", "a", "fp32", 2.0, bits=32, size=5000),
@@ -62,6 +71,7 @@ def test_tiny_bench_run_writes_all_outputs(tmp_path):
     records = bench.run_bench(image_set, settings)
     assert [(r["model"], r["variant"]) for r in records] == [
         ("full", "fp32"), ("full", "int8"), ("backbone_only", "fp32"), ("backbone_only", "int8")]
+    assert records[0]["backbone_params"] == records[2]["backbone_params"] > 0
     for key in ("backbone", "image_size", "bits", "variant", "params", "bytes", "latency_ms_p50_1t",
                 "latency_ms_p90_1t", "latency_ms_p50_2t", "bit_agreement", "map", "trained"):
         assert all(key in r for r in records), key
