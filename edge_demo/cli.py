@@ -3,6 +3,7 @@
     python -m edge_demo index PHOTOS --model M.tflite --out photos.mgh
     python -m edge_demo query IMG --index photos.mgh --model M.tflite --k 10 \\
         --granularity coarse|fine|scales:low=1,mid=0.5|SEGMENT [--cascade] [--grid out.png --root PHOTOS]
+    python -m edge_demo serve --index photos.mgh --model M.tflite --root PHOTOS [--host 127.0.0.1 --port 8080]
 
 Index names are paths relative to PHOTOS (see ``edge_demo.photos``); ``--root`` gives that folder
 back to ``query`` for thumbnails and for the same-folder frame colours of the grid.
@@ -62,6 +63,14 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--root", default=None, help="the indexed photo folder (needed by --grid)")
     q.add_argument("--thumb", type=int, default=96, help="grid thumbnail side in pixels")
     q.add_argument("--threads", type=int, default=None, help="interpreter threads")
+    s = sub.add_parser("serve", help="a local web page to search the indexed photos")
+    s.add_argument("--index", required=True, help="index file written by `index` (reloaded when it changes)")
+    s.add_argument("--model", required=True, help="the .tflite model that built the index")
+    s.add_argument("--root", required=True, help="the indexed photo folder")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    s.add_argument("--max-upload-mb", type=float, default=10.0, help="largest query upload (default 10)")
+    s.add_argument("--threads", type=int, default=None, help="interpreter threads")
     return p
 
 
@@ -124,13 +133,34 @@ def _run_query(args) -> int:
     return 0
 
 
+def _run_serve(args) -> int:
+    from edge_demo import server
+
+    if not args.max_upload_mb > 0:
+        raise ValueError(f"--max-upload-mb must be > 0. Received: {args.max_upload_mb}")
+    httpd = server.make_server(args.index, args.model, args.root, host=args.host, port=args.port,
+                               max_upload=int(args.max_upload_mb * 1024 * 1024),
+                               num_threads=args.threads)
+    host, port = httpd.server_address[:2]
+    print(f"serving {args.index} ({len(httpd.app.holder.current().index)} photos) on "
+          f"http://{'[' + host + ']' if ':' in host else host}:{port}/  (Ctrl+C stops)", flush=True)
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped")
+    finally:
+        httpd.server_close()
+    return 0
+
+
 def main(argv=None) -> int:
     """Run the CLI; returns the exit status (2 with a message on stderr for bad input)."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return _run_index(args) if args.command == "index" else _run_query(args)
+        runs = {"index": _run_index, "query": _run_query, "serve": _run_serve}
+        return runs[args.command](args)
     except (ValueError, OSError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
