@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-slow clean
+.PHONY: demo test test-slow test-browser clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ test: $(VENV)/.installed
 
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m slow
+
+# Installs Debian's chromium + chromium-driver (apt, needs root) and Selenium, then runs the
+# end-to-end page test of `edge_demo serve` in headless Chromium.
+test-browser: $(VENV)/.installed
+	bash tests/browser_setup.sh $(VENV)
+	$(PY) -m pytest -q -m browser
 
 clean:
 	rm -rf demo_out build *.egg-info
