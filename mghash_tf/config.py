@@ -12,6 +12,7 @@ BACKBONES = ("small_cnn", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_la
              "efficientnet_v2_b0", "resnet50")
 SCHEDULES = ("cosine", "constant")
 STRATEGIES = ("default", "mirrored", "multi_worker")
+STAGE1_CACHE = ("none", "heads", "last_stage", "last_two_stages")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +23,10 @@ class TrainConfig:
     Stage 1 trains the heads with the backbone frozen (``frozen_epochs``, ``learning_rate``);
     stage 2 trains end to end (``finetune_epochs``, ``finetune_learning_rate``). A backbone
     without pretrained weights has nothing to protect, so for it stage 1 trains everything.
+    ``stage1_cache`` (pretrained backbones only) runs stage 1 on a cached frozen trunk
+    (:mod:`mghash_tf.cached`): ``"heads"`` trains the heads, ``"last_stage"`` the heads and the
+    backbone's last stage, ``"last_two_stages"`` its last two; augmentation is then the
+    horizontal flip only.
     """
 
     data: str = "demo"
@@ -50,11 +55,17 @@ class TrainConfig:
     mixed_precision: bool = False
     jit_compile: bool = False
     tensorboard: bool = False
+    stage1_cache: str = "none"
 
     def __post_init__(self):
         _check_choice("backbone", self.backbone, BACKBONES)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("strategy", self.strategy, STRATEGIES)
+        _check_choice("stage1_cache", self.stage1_cache, STAGE1_CACHE)
+        if self.stage1_cache != "none" and self.weights is None:
+            raise ValueError("`stage1_cache` needs a pretrained backbone (`weights`): without one, "
+                             f"stage 1 trains every layer. Received: stage1_cache={self.stage1_cache!r}, "
+                             "weights=None")
         get_layout(self.layout)
         for name in ("image_size", "batch_size"):
             _check_int(name, getattr(self, name), minimum=1)

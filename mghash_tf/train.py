@@ -178,8 +178,13 @@ def train(config: TrainConfig, out_dir, *, image_set=None, verbose="auto") -> Tr
             model.load_weights(str(stage1_done))
             logger.info("resume: stage 1 already complete")
         else:
-            h, r = _run_stage(model, strategy, 1, config.frozen_epochs, 0, config.learning_rate, out, splits, config,
-                              verbose, pretrained)
+            if config.stage1_cache != "none":
+                from mghash_tf.cached import run_stage1
+
+                h, r = run_stage1(model, splits, config, out, num_classes=_num_classes(splits), verbose=verbose)
+            else:
+                h, r = _run_stage(model, strategy, 1, config.frozen_epochs, 0, config.learning_rate, out, splits,
+                                  config, verbose, pretrained)
             history.update(h)
             rates += r
             model.save_weights(str(stage1_done))
