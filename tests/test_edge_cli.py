@@ -2,12 +2,10 @@
 every granularity, wrong-model refusal, the result grid, and a run where TensorFlow cannot load."""
 
 import io
-import os
 import shutil
 import struct
 import subprocess
 import sys
-import textwrap
 import zlib
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from edge_demo.cli import main
 from edge_demo.encoder import TFLiteEncoder
 from mghash_tf.index import HammingIndex
 from mghash_tf.layout import get_layout
+from no_tf import no_tf_env
 
 SIZE = 16
 REPO = Path(__file__).resolve().parents[1]
@@ -297,24 +296,10 @@ def test_grid_png_has_the_expected_size_and_frames(library, model, tmp_path, cap
         assert tuple(pixels[y + 1, x + 1]) == grid.COLOURS[name.rsplit("/", 1)[0] == "dogs"], name
 
 
-BLOCK_TF = textwrap.dedent("""
-    import sys
-
-    class _Block:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("tensorflow", "keras", "tf_keras"):
-                raise ImportError(f"{name} is blocked: device code must not import it")
-            return None
-
-    sys.meta_path.insert(0, _Block())
-""")
 
 
 def test_cli_runs_where_tensorflow_cannot_be_imported(library, model, tmp_path):
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(BLOCK_TF)
-    env = {"PYTHONPATH": f"{site}{os.pathsep}{REPO}", "PATH": os.environ.get("PATH", "")}
+    env = no_tf_env(tmp_path, REPO)
     out = tmp_path / "photos.mgh"
 
     def run(*args):

@@ -1,7 +1,6 @@
 """TFLiteEncoder: codes from int8_io agree with fp32, batching is invisible, bad input is refused,
 and the device modules run where TensorFlow and Keras cannot be imported."""
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -13,6 +12,7 @@ import pytest
 from edge_demo import encoder as encoder_lib
 from edge_demo.encoder import TFLiteEncoder
 from mghash_tf.index.packing import pack_bits
+from no_tf import no_tf_env
 
 SIZE = 16
 REPO = Path(__file__).resolve().parents[1]
@@ -104,17 +104,6 @@ def test_runtime_fallback_and_missing_runtime(monkeypatch):
         encoder_lib.interpreter_class()
 
 
-BLOCK_TF = textwrap.dedent("""
-    import sys
-
-    class _Block:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("tensorflow", "keras", "tf_keras"):
-                raise ImportError(f"{name} is blocked: device code must not import it")
-            return None
-
-    sys.meta_path.insert(0, _Block())
-""")
 
 DEVICE_SCRIPT = textwrap.dedent("""
     import sys
@@ -138,10 +127,7 @@ DEVICE_SCRIPT = textwrap.dedent("""
 
 
 def test_device_modules_run_without_tensorflow(models, tmp_path):
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(BLOCK_TF)
-    env = {"PYTHONPATH": f"{site}{os.pathsep}{REPO}", "PATH": os.environ.get("PATH", "")}
+    env = no_tf_env(tmp_path, REPO)
     result = subprocess.run([sys.executable, "-c", DEVICE_SCRIPT, str(models["int8_io"])], env=env,
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -20,7 +20,8 @@ from PIL import Image
 from edge_demo import photos, server
 from edge_demo.encoder import TFLiteEncoder
 from mghash_tf.index import HammingIndex
-from test_edge_cli import BLOCK_TF, GOOD, REPO, _bomb_png, _jpeg_bytes, _noise, make_photos, model  # noqa: F401
+from no_tf import no_tf_env
+from test_edge_cli import GOOD, REPO, _bomb_png, _jpeg_bytes, _noise, make_photos, model  # noqa: F401
 
 MAX_UPLOAD = 200_000
 
@@ -446,10 +447,7 @@ def test_searches_during_a_real_reindex_see_each_version_whole(library, model, t
 
 
 def test_serve_command_runs_where_tensorflow_cannot_be_imported(index_file, model, library, tmp_path):
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(BLOCK_TF)
-    env = {"PYTHONPATH": f"{site}{os.pathsep}{REPO}", "PATH": os.environ.get("PATH", "")}
+    env = no_tf_env(tmp_path, REPO)
     proc = subprocess.Popen([sys.executable, "-m", "edge_demo", "serve", "--index", str(index_file),
                              "--model", str(model), "--root", str(library), "--port", "0"],
                             env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
