@@ -1,0 +1,67 @@
+"""benchmarks/quality.py: its report files, its refusal without data, and a real smoke run (slow)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import quality  # noqa: E402
+
+
+def _records():
+    base = {"dataset": "toy", "protocol": "p", "granularity": "fine", "features": "model", "seconds": 1.0}
+    rows = [dict(base, bits=b, method=m, map=0.1 * i + b / 1000, map_tie_aware=0.1 * i + b / 1000 + 0.001)
+            for i, m in enumerate(("mghash", "itq", "lsh")) for b in (16, 32)]
+    rows.append(dict(base, bits=None, method="float_cosine", map=0.5, map_tie_aware=0.5))
+    return rows
+
+
+def _runs():
+    return [{"dataset": "toy", "layout": "plain16", "epochs": 3, "best_epoch": 2, "best_val_map_fine": 0.4,
+             "train_seconds": 60.0, "cache_seconds": 30.0, "train_items_per_second": 900.0,
+             "full_model_agreement": 0.999},
+            {"dataset": "toy", "command": "python benchmarks/quality.py --quick", "date": "d", "machine": "m",
+             "wall_seconds": 120.0}]
+
+
+def test_markdown_lists_every_record_and_run():
+    text = quality.markdown(_records(), _runs())
+    table = [line for line in text.splitlines() if line.startswith("| toy |")]
+    assert len(table) == len(_records())
+    assert "| toy | fine | – | float_cosine | model | 0.5000 | 0.5000 |" in text
+    assert "`python benchmarks/quality.py --quick`" in text and "wall time 2.0 min" in text
+    assert "best epoch 2 (val mAP 0.400)" in text and "99.90 %" in text
+    # Rows of one panel are ordered by bits, ours first.
+    assert table[0].startswith("| toy | fine | 16 | mghash |")
+
+
+def test_plot_writes_a_png(tmp_path):
+    path = quality.plot(_records(), tmp_path / "q.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_missing_data_is_refused_with_the_reason(tmp_path, monkeypatch):
+    import numpy as np
+
+    monkeypatch.setattr(quality, "SHARED", tmp_path)
+    with pytest.raises(SystemExit, match="absent.*nothing was measured"):
+        quality.load("cifar10", quality.parse_args(["--quick"]), np.random.default_rng(0))
+
+
+@pytest.mark.slow
+def test_quick_run_on_the_shared_data(tmp_path, shared_dir):
+    if not (shared_dir / "data" / "tinyimagenet200_hier32.npz").is_file() or not quality.WEIGHTS.is_file():
+        pytest.skip("needs ../shared/data and ../shared/weights")
+    quality.main(["--quick", "--dataset", "tinyimagenet200", "--out", str(tmp_path), "--models",
+                  str(tmp_path / "models")])
+    records = json.loads((tmp_path / "quality.json").read_text())
+    methods = {(r["granularity"], r["method"], r["features"]) for r in records}
+    for gran in ("fine", "coarse"):
+        for method in ("mghash", "mghash_float", "itq", "lsh", "pca", "float_cosine"):
+            assert (gran, method, "model") in methods
+    assert all(0 <= r["map"] <= 1 and 0 <= r["map_tie_aware"] <= 1 for r in records)
+    runs = json.loads((tmp_path / "quality_runs.json").read_text())
+    assert runs[0]["full_model_agreement"] > 0.99
+    assert (tmp_path / "quality.png").is_file() and (tmp_path / "models" / "tinyimagenet200_mg64" / "model.keras").is_file()
