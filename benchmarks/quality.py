@@ -216,12 +216,12 @@ def markdown(records, runs) -> str:
                       f"{r['train_items_per_second']:.0f} items/s, trunk cache {r['cache_seconds'] / 60:.1f} min, "
                       f"full model vs cached path sign agreement {100 * r['full_model_agreement']:.2f} %"]
     lines += ["", "## Results", "",
-              "| dataset | granularity | bits | method | features | mAP | tie-aware mAP | eval s |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| dataset | granularity | model layout | bits | method | features | mAP | tie-aware mAP | eval s |",
+              "|---|---|---|---|---|---|---|---|---|"]
     order = {"mghash": 0, "mghash_float": 1, "itq": 2, "pca": 3, "lsh": 4, "float_cosine": 5}
-    for r in sorted(records, key=lambda r: (r["dataset"], r["granularity"], r["bits"] or 10**6,
+    for r in sorted(records, key=lambda r: (r["dataset"], r["granularity"], r["layout"], r["bits"] or 10**6,
                                              r["features"] != "model", order.get(r["method"], 9))):
-        lines.append(f"| {r['dataset']} | {r['granularity']} | {r['bits'] or '–'} | {r['method']} | "
+        lines.append(f"| {r['dataset']} | {r['granularity']} | {r['layout']} | {r['bits'] or '–'} | {r['method']} | "
                      f"{r['features']} | {r['map']:.4f} | {r['map_tie_aware']:.4f} | {r['seconds']} |")
     return "\n".join(lines) + "\n"
 

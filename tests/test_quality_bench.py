@@ -11,7 +11,7 @@ import quality  # noqa: E402
 
 
 def _records():
-    base = {"dataset": "toy", "protocol": "p", "granularity": "fine", "features": "model", "seconds": 1.0}
+    base = {"dataset": "toy", "layout": "plain16", "protocol": "p", "granularity": "fine", "features": "model", "seconds": 1.0}
     rows = [dict(base, bits=b, method=m, map=0.1 * i + b / 1000, map_tie_aware=0.1 * i + b / 1000 + 0.001)
             for i, m in enumerate(("mghash", "itq", "lsh")) for b in (16, 32)]
     rows.append(dict(base, bits=None, method="float_cosine", map=0.5, map_tie_aware=0.5))
@@ -30,11 +30,11 @@ def test_markdown_lists_every_record_and_run():
     text = quality.markdown(_records(), _runs())
     table = [line for line in text.splitlines() if line.startswith("| toy |")]
     assert len(table) == len(_records())
-    assert "| toy | fine | – | float_cosine | model | 0.5000 | 0.5000 |" in text
+    assert "| toy | fine | plain16 | – | float_cosine | model | 0.5000 | 0.5000 |" in text
     assert "`python benchmarks/quality.py --quick`" in text and "wall time 2.0 min" in text
     assert "best epoch 2 (val mAP 0.400)" in text and "99.90 %" in text
     # Rows of one panel are ordered by bits, ours first.
-    assert table[0].startswith("| toy | fine | 16 | mghash |")
+    assert table[0].startswith("| toy | fine | plain16 | 16 | mghash |")
 
 
 def test_plot_writes_a_png(tmp_path):
