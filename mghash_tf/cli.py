@@ -74,6 +74,18 @@ def _print_table(result: dict) -> None:
                   + " ".join(f"{v:.4f}" for v in maps))
 
 
+def _evaluation_file(path):
+    """``--compare`` entry: an evaluation.json, or an evaluate output directory holding one."""
+    from pathlib import Path
+
+    path = Path(path)
+    path = path / "evaluation.json" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"`--compare` takes evaluation.json files of earlier `evaluate` runs (or "
+                                f"their --out directories). Received: {path} (no such file)")
+    return path
+
+
 def cmd_evaluate(args) -> int:
     import json
     from pathlib import Path
@@ -81,6 +93,7 @@ def cmd_evaluate(args) -> int:
     from mghash_tf import evaluate as ev
     from mghash_tf import plots
 
+    compared = [json.loads(_evaluation_file(p).read_text()) for p in args.compare]
     model = ev.load_model(args.model)
     image_set = ev.load_data(args.data, model)
     granularities = args.granularity.split(",") if args.granularity else None
@@ -91,7 +104,6 @@ def cmd_evaluate(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.json").write_text(json.dumps(result, indent=1))
-    compared = [json.loads(Path(p).read_text()) for p in args.compare]
     written = [plots.pr_curves(result, out / "pr_curves.png")]
     main_gran = "fine" if "fine" in result["granularities"] else next(iter(result["granularities"]))
     written.append(plots.map_vs_bits([result, *compared], out / "map_vs_bits.png", granularity=main_gran))
@@ -132,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-query", type=int, default=None, help="seeded random subset of the queries")
     e.add_argument("--max-db", type=int, default=None, help="seeded random subset of the database")
     e.add_argument("--compare", nargs="*", default=[],
-                   help="earlier evaluation.json files (other bit counts) for the mAP-vs-bits plot")
+                   help="earlier evaluation.json files or evaluate --out directories (other bit counts) "
+                        "for the mAP-vs-bits plot")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", required=True, help="directory for evaluation.json and the PNGs")
     e.set_defaults(func=cmd_evaluate)

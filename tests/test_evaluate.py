@@ -186,3 +186,21 @@ def test_cli_end_to_end(trained, tmp_path, capsys):
                  "--granularity", "medium", "--out", str(tmp_path / "bad")])
     assert code == 2
     assert "granularity" in capsys.readouterr().err
+
+
+def test_cli_compare_takes_earlier_outputs_and_refuses_missing_ones(trained, tmp_path, capsys):
+    from mghash_tf.cli import main
+
+    data = tmp_path / "toy.npz"
+    save_npz(toy_set(), data)
+    first = tmp_path / "first"
+    assert main(["evaluate", "--model", str(trained[0]), "--data", f"npz:{data}", "--no-baselines",
+                 "--out", str(first)]) == 0
+    # A directory holding evaluation.json is accepted as well as the file itself.
+    assert main(["evaluate", "--model", str(trained[0]), "--data", f"npz:{data}", "--no-baselines",
+                 "--compare", str(first), str(first / "evaluation.json"), "--out", str(tmp_path / "second")]) == 0
+    capsys.readouterr()
+    code = main(["evaluate", "--model", str(trained[0]), "--data", f"npz:{data}",
+                 "--compare", str(trained[0]), "--out", str(tmp_path / "third")])
+    assert code == 2
+    assert "--compare" in capsys.readouterr().err and not (tmp_path / "third").exists()
