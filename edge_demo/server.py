@@ -69,6 +69,8 @@ THUMB_CACHE_ENTRIES = 512
 # A silent client must not hold a worker thread forever.
 REQUEST_TIMEOUT_S = 30
 IMAGE_ROUTE = re.compile(r"/image/([0-9]{1,18})")
+API = "/api"
+API_STATS, API_ITEMS, API_SEARCH = (f"{API}/{name}" for name in ("stats", "items", "search"))
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -470,16 +472,16 @@ class Handler(BaseHTTPRequestHandler):
             if match:
                 return self._send(200, app.thumbnail(int(match.group(1)), query), "image/jpeg",
                                   cache="private, max-age=60")
-            if path == "/api/stats":
+            if path == API_STATS:
                 return self._json(200, app.stats())
-            if path == "/api/items":
+            if path == API_ITEMS:
                 return self._json(200, app.items(query))
-            if path == "/api/search":
+            if path == API_SEARCH:
                 return self._json(200, app.search_by_id(query))
-        elif method == "POST" and path == "/api/search":
+        elif method == "POST" and path == API_SEARCH:
             body = self._read_body()
             return self._json(200, app.search_upload(query, body, self.headers.get("Content-Type", "")))
-        elif path in ("/api/stats", "/api/items", "/api/search", "/"):
+        elif path in (API_STATS, API_ITEMS, API_SEARCH, "/"):
             raise ApiError(405, f"{method} is not allowed on {path}")
         raise ApiError(404, "not found")
 
