@@ -14,7 +14,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) -m mghash_tf demo --out demo_out
+	$(PY) -m demo --out demo_out
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

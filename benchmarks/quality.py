@@ -7,7 +7,7 @@
 Protocol (also written into every record):
 
 - Backbone: MobileNetV2 with the ImageNet weights in ``../shared/weights``, 32 px images resized
-  to ``--image-size`` inside the model. Its frozen part runs once (:mod:`mghash_tf.cached`): the
+  to ``--image-size`` inside the model. Its frozen part runs once (:mod:`mghash_tf.training.cached`): the
   training images are cached as themselves and horizontally flipped, and the attention pooling,
   the hash head and the backbone's last stage (``mid`` tap to ``high``, BatchNorm frozen) train on
   the cache. The trained layers are the full model's, which is saved and checked against the
@@ -94,7 +94,7 @@ def load(name, args, rng):
 
 
 def score(q, db, ql, dl, metric):
-    from mghash_tf.metrics import mean_average_precision
+    from mghash_tf.core.metrics import mean_average_precision
 
     start = time.perf_counter()
     stable = mean_average_precision(q, db, ql, dl, metric=metric)
@@ -104,7 +104,7 @@ def score(q, db, ql, dl, metric):
 
 
 def baselines(q_feat, db_feat, ql, dl, bits, seed):
-    from mghash_tf import baselines as bl
+    from mghash_tf.evaluation import baselines as bl
 
     for method, hasher in (("itq", bl.ITQ(bits, seed=seed)), ("lsh", bl.LSH(bits, seed=seed)),
                            ("pca", bl.PCASign(bits))):
@@ -118,11 +118,11 @@ def baselines(q_feat, db_feat, ql, dl, bits, seed):
 def run_dataset(name, args, records, runs, prov):
     import keras
 
-    from mghash_tf import cached
-    from mghash_tf.config import TrainConfig
+    from mghash_tf.training import cached
+    from mghash_tf.training.config import TrainConfig
     from mghash_tf.model import build_model, encode, get_layout_of
-    from mghash_tf.retrieval import granularity_bits
-    from mghash_tf.train import _atomic_save_model
+    from mghash_tf.evaluation.retrieval import granularity_bits
+    from mghash_tf.training.train import _atomic_save_model
 
     rng = np.random.default_rng(args.seed)
     wall = time.perf_counter()
@@ -229,7 +229,7 @@ def markdown(records, runs) -> str:
 def plot(records, path):
     """One panel per dataset and granularity: mAP@all (tie-aware) against bits per method;
     float references as horizontal lines."""
-    from mghash_tf import plots
+    from mghash_tf.evaluation import plots
 
     panels = sorted({(r["dataset"], r["granularity"]) for r in records})
     fig, axes = plots._panels(len(panels))

@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from mghash_tf.index import HammingIndex  # noqa: E402
-from mghash_tf.index.faiss_export import faiss_bytes, import_faiss  # noqa: E402
-from mghash_tf.index.synthetic import clustered_codes, random_codes  # noqa: E402
+from mghash_tf.core.index import HammingIndex  # noqa: E402
+from mghash_tf.core.index.faiss_export import faiss_bytes, import_faiss  # noqa: E402
+from mghash_tf.core.index.synthetic import clustered_codes, random_codes  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -18,7 +18,7 @@ import time
 from pathlib import Path, PurePosixPath
 
 from edge_demo import grid, photos
-from edge_demo.encoder import TFLiteEncoder
+from mghash_tf.core.encoder import TFLiteEncoder
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from mghash_tf.data_sources import decode_image
+from mghash_tf.core.images import decode_image
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mghash_tf.data_sources import RESAMPLE, decode_files, decode_image
-from mghash_tf.index import HammingIndex
+from mghash_tf.core.images import RESAMPLE, decode_files, decode_image
+from mghash_tf.core.index import HammingIndex
 
 logger = logging.getLogger(__name__)
 

@@ -51,7 +51,7 @@ import numpy as np
 from PIL import Image
 
 from edge_demo import photos
-from mghash_tf.data_sources import decode_image
+from mghash_tf.core.images import decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -549,7 +549,7 @@ def make_server(index_path, model, root, *, host: str = "127.0.0.1", port: int =
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"--port must be in 0..65535. Received: {port!r}")
     if isinstance(model, (str, os.PathLike)):
-        from edge_demo.encoder import TFLiteEncoder
+        from mghash_tf.core.encoder import TFLiteEncoder
 
         model = TFLiteEncoder(model, num_threads=num_threads)
     app = App(index_path, model, root, max_upload=max_upload)

@@ -15,7 +15,7 @@ DEFAULT_DATA = "npz:../shared/data/cifar10.npz"
 def _load_model(path):
     import keras
 
-    import mghash_tf.layers  # noqa: F401  (registers the custom layers)
+    import mghash_tf.model.layers  # noqa: F401  (registers the custom layers)
 
     path = Path(path)
     if path.is_dir():

@@ -91,7 +91,7 @@ def bare_backbone_records(model, row: Row, representative, work: Path) -> tuple:
 
 
 def _map(q, db, query, database) -> float:
-    from mghash_tf.metrics import mean_average_precision
+    from mghash_tf.core.metrics import mean_average_precision
 
     return float(mean_average_precision(q, db, query.y_fine, database.y_fine))
 
@@ -99,7 +99,7 @@ def _map(q, db, query, database) -> float:
 def model_records(model, row: Row, settings: BenchSettings, eval_sets, representative, work: Path,
                   *, trained: bool) -> tuple:
     """Records (without latency) and file bytes, one per variant of ``model``."""
-    from edge_demo.encoder import TFLiteEncoder
+    from mghash_tf.core.encoder import TFLiteEncoder
     from mghash_tf.model import describe, encode, get_layout_of
 
     info, layout = describe(model), get_layout_of(model)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_demo.encoder import interpreter_class
+from mghash_tf.core.encoder import interpreter_class
 from export import metadata, quantize
 from export.ops import check_builtin_only, list_ops
 
@@ -106,7 +106,7 @@ def convert_model(model, out_dir, *, variants="all", representative=None, conver
     """Convert a Keras MGHash model to ``out_dir/model_<variant>.tflite`` for each variant.
 
     Returns ``{variant: path}``. Each file carries ``describe(model)`` plus the variant, the
-    input/output dtypes and quantisation and the library version (see ``edge_demo.description``).
+    input/output dtypes and quantisation and the library version (see ``mghash_tf.core.description``).
     """
     from mghash_tf.model import describe
 
@@ -139,6 +139,6 @@ def convert_file(model_path, out_dir, **kwargs) -> dict:
     """:func:`convert_model` for a saved ``.keras`` file."""
     import keras
 
-    import mghash_tf.layers  # noqa: F401  (registers the custom layers for loading)
+    import mghash_tf.model.layers  # noqa: F401  (registers the custom layers for loading)
 
     return convert_model(keras.saving.load_model(str(model_path), compile=False), out_dir, **kwargs)

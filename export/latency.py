@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from edge_demo.encoder import interpreter_class
+from mghash_tf.core.encoder import interpreter_class
 
 
 def _input_tensor(detail: dict, rng) -> np.ndarray:

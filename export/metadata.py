@@ -1,5 +1,5 @@
 """Write the model description into a ``.tflite`` file's metadata (the reading side, which runs
-on devices, is :mod:`edge_demo.description`).
+on devices, is :mod:`mghash_tf.core.description`).
 
 The converted FlatBuffer is unpacked with the TFLite schema's object API (shipped with
 ``ai-edge-litert``), given one more ``(name, buffer)`` metadata entry holding the JSON, and
@@ -20,7 +20,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 import mghash_tf
-from edge_demo import description as reader
+from mghash_tf.core import description as reader
 
 logger = logging.getLogger(__name__)
 

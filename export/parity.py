@@ -4,7 +4,7 @@ Keras for flipped bits against all bits shows whether training pushed codes far 
 
 Protocol: queries from the test split (split 1), database from the training split (split 0),
 each a seeded sample; mAP@all with fine labels on the full code (``map``), and per granularity
-as in :mod:`mghash_tf.retrieval`. ``map`` is computed with both sides encoded by the same
+as in :mod:`mghash_tf.evaluation.retrieval`. ``map`` is computed with both sides encoded by the same
 model; ``map_cross`` queries a Keras-encoded database with TFLite-encoded queries (a device
 searching an index built on a server).
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_demo.description import read_description
-from edge_demo.encoder import TFLiteEncoder
+from mghash_tf.core.description import read_description
+from mghash_tf.core.encoder import TFLiteEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def flip_histogram(reference: np.ndarray, codes: np.ndarray, edges=ABS_H_EDGES) 
 
 
 def _granularity_maps(q, db, query, database, layout, has_coarse) -> dict:
-    from mghash_tf.retrieval import evaluate_codes
+    from mghash_tf.evaluation.retrieval import evaluate_codes
 
     return evaluate_codes(q, db, query.labels, database.labels, layout, has_coarse=has_coarse)
 

@@ -17,7 +17,7 @@ import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from edge_demo.description import FILE_IDENTIFIER
+from mghash_tf.core.description import FILE_IDENTIFIER
 
 logger = logging.getLogger(__name__)
 

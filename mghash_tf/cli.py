@@ -1,4 +1,4 @@
-"""``python -m mghash_tf train|demo|evaluate ...``: the command line. Only this module prints."""
+"""``python -m mghash_tf train|evaluate ...``: the command line. Only this module prints."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import dataclasses
 import logging
 import sys
 
-from mghash_tf.config import TrainConfig
+from mghash_tf.training.config import TrainConfig
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One ``--flag`` per TrainConfig field; flags override the JSON config."""
@@ -37,7 +37,7 @@ def _print_maps(title: str, scores: dict) -> None:
 
 
 def cmd_train(args) -> int:
-    from mghash_tf.train import train
+    from mghash_tf.training.train import train
 
     config = config_from_args(args)
     result = train(config, args.out, verbose=args.verbose)
@@ -48,15 +48,8 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    from mghash_tf.demo import run_demo
-
-    run_demo(args.out, epochs=args.epochs, verbose=args.verbose)
-    return 0
-
-
 def _print_table(result: dict) -> None:
-    from mghash_tf.evaluate import summary_rows
+    from mghash_tf.evaluation.evaluate import summary_rows
 
     print(f"protocol: {result['protocol']}")
     print(f"queries: {result['num_query']}, database: {result['num_db']}")
@@ -90,8 +83,8 @@ def cmd_evaluate(args) -> int:
     import json
     from pathlib import Path
 
-    from mghash_tf import evaluate as ev
-    from mghash_tf import plots
+    from mghash_tf.evaluation import evaluate as ev
+    from mghash_tf.evaluation import plots
 
     compared = [json.loads(_evaluation_file(p).read_text()) for p in args.compare]
     model = ev.load_model(args.model)
@@ -128,11 +121,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", type=int, default=1, help="Keras progress: 0 silent, 1 bar, 2 line")
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)
-    d = sub.add_parser("demo", help="train -> export -> index -> query on the embedded sample")
-    d.add_argument("--out", default="demo_out")
-    d.add_argument("--epochs", type=int, default=None, help="override the demo's epoch count")
-    d.add_argument("--verbose", type=int, default=2)
-    d.set_defaults(func=cmd_demo)
     e = sub.add_parser("evaluate", help="mAP per granularity, baselines, robustness and plots")
     e.add_argument("--model", required=True, help="training output directory (or its model.keras)")
     e.add_argument("--data", required=True, help="data spec: demo, npz:PATH, folder:PATH or tfds:NAME")

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from mghash_tf.baselines import ITQ, LSH, PCASign, float_cosine, threshold_codes
-from mghash_tf.metrics import mean_average_precision
+from mghash_tf.evaluation.baselines import ITQ, LSH, PCASign, float_cosine, threshold_codes
+from mghash_tf.core.metrics import mean_average_precision
 
 
 def blobs(seed, n=200, dim=16, distance=20.0):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from mghash_tf import cached
-from mghash_tf.config import TrainConfig
+from mghash_tf.training import cached
+from mghash_tf.training.config import TrainConfig
 from mghash_tf.model import build_model, encode
 
 
@@ -126,7 +126,7 @@ def test_train_with_stage1_cache_writes_the_usual_outputs(tmp_path, mobilenet_we
 
     from test_train import toy_set, tiny_config
 
-    from mghash_tf.train import train
+    from mghash_tf.training.train import train
 
     config = tiny_config(backbone="mobilenet_v2", weights=mobilenet_weights, image_size=32, frozen_epochs=2,
                          finetune_epochs=1, stage1_cache="last_two_stages", augment=True)
@@ -140,7 +140,7 @@ def test_train_with_stage1_cache_writes_the_usual_outputs(tmp_path, mobilenet_we
     assert len(metrics["history"]["val_map_fine"]) == 3
     assert 0 <= metrics["test"]["map_fine"] <= 1
     # The saved model is the trained one: reloading gives the same codes.
-    from mghash_tf.evaluate import load_model
+    from mghash_tf.evaluation.evaluate import load_model
     from mghash_tf.model import encode
 
     x = toy_set(size=32).x[:8]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mghash_tf import data_sources
+from mghash_tf.data import sources as data_sources
 from mghash_tf.data import (ImageSet, build_augmenter, decode_image, demo_data_path, load_source,
                             make_dataset, save_npz, train_val_split)
 

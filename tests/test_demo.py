@@ -3,7 +3,7 @@ import pytest
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path, capsys):
-    from mghash_tf.demo import run_demo
+    from demo.run import run_demo
 
     result = run_demo(tmp_path, epochs=1, verbose=0)
     out = capsys.readouterr().out

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edge_demo import photos
-from edge_demo.encoder import TFLiteEncoder
+from mghash_tf.core.encoder import TFLiteEncoder
 from test_edge_cli import make_photos, model  # noqa: F401
 from test_edge_serve import running_server
 

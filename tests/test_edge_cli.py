@@ -15,9 +15,9 @@ from PIL import Image
 
 from edge_demo import grid, photos
 from edge_demo.cli import main
-from edge_demo.encoder import TFLiteEncoder
-from mghash_tf.index import HammingIndex
-from mghash_tf.layout import get_layout
+from mghash_tf.core.encoder import TFLiteEncoder
+from mghash_tf.core.index import HammingIndex
+from mghash_tf.core.layout import get_layout
 from no_tf import no_tf_env
 
 SIZE = 16

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_demo import encoder as encoder_lib
-from edge_demo.encoder import TFLiteEncoder
-from mghash_tf.index.packing import pack_bits
+from mghash_tf.core import encoder as encoder_lib
+from mghash_tf.core.encoder import TFLiteEncoder
+from mghash_tf.core.index.packing import pack_bits
 from no_tf import no_tf_env
 
 SIZE = 16
@@ -114,8 +114,8 @@ DEVICE_SCRIPT = textwrap.dedent("""
         pass
     else:
         raise SystemExit("the TensorFlow block is not active")
-    from edge_demo.description import read_description
-    from edge_demo.encoder import TFLiteEncoder
+    from mghash_tf.core.description import read_description
+    from mghash_tf.core.encoder import TFLiteEncoder
     path = sys.argv[1]
     enc = TFLiteEncoder(path)
     x = np.random.default_rng(0).integers(0, 256, (4, enc.input_size, enc.input_size, 3), dtype=np.uint8)

@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from edge_demo import photos, server
-from edge_demo.encoder import TFLiteEncoder
-from mghash_tf.index import HammingIndex
+from mghash_tf.core.encoder import TFLiteEncoder
+from mghash_tf.core.index import HammingIndex
 from no_tf import no_tf_env
 from test_edge_cli import GOOD, REPO, _bomb_png, _jpeg_bytes, _noise, make_photos, model  # noqa: F401
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mghash_tf import plots, robustness
+from mghash_tf.evaluation import plots, robustness
 from mghash_tf.data import save_npz
-from mghash_tf.metrics import mean_average_precision
+from mghash_tf.core.metrics import mean_average_precision
 from test_train import CHANCE_FINE, tiny_config, toy_set
 
 METHODS = {"mghash", "lsh", "pca", "itq", "float_cosine"}
@@ -17,8 +17,8 @@ HAMMING_METHODS = METHODS - {"float_cosine"}
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from mghash_tf.evaluate import load_model
-    from mghash_tf.train import train
+    from mghash_tf.evaluation.evaluate import load_model
+    from mghash_tf.training.train import train
 
     out = tmp_path_factory.mktemp("model")
     train(tiny_config(frozen_epochs=2), out, image_set=toy_set(), verbose=0)
@@ -27,7 +27,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def result(trained):
-    from mghash_tf.evaluate import evaluate
+    from mghash_tf.evaluation.evaluate import evaluate
 
     return evaluate(trained[1], toy_set(), robustness=True)
 
@@ -71,7 +71,7 @@ def test_mghash_map_matches_metrics_on_encoded_splits(trained, result):
 
 
 def test_feature_model_feeds_the_hash_head(trained):
-    from mghash_tf.evaluate import feature_model, predict
+    from mghash_tf.evaluation.evaluate import feature_model, predict
 
     model = trained[1]
     x = toy_set().x[:8]
@@ -85,7 +85,7 @@ def test_feature_model_feeds_the_hash_head(trained):
 
 
 def test_subsets_and_granularity_choice(trained):
-    from mghash_tf.evaluate import evaluate
+    from mghash_tf.evaluation.evaluate import evaluate
 
     small = evaluate(trained[1], toy_set(), granularities=["coarse"], baselines=False,
                      max_query=10, max_db=30)

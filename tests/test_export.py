@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from edge_demo.description import read_description
-from edge_demo.encoder import TFLiteEncoder
+from mghash_tf.core.description import read_description
+from mghash_tf.core.encoder import TFLiteEncoder
 from export import convert, quantize
 from export.ops import check_builtin_only, list_ops
 from mghash_tf.data import demo_data_path, load_source

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from edge_demo import description as reader
+from mghash_tf.core import description as reader
 from export import convert, metadata
 
 DESCRIPTION = {

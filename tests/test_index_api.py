@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from mghash_tf.index import HammingIndex, pack_bits
+from mghash_tf.core.index import HammingIndex, pack_bits
 
 
 def test_real_pm1_binary_and_packed_inputs_are_the_same_codes():

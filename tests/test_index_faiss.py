@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from mghash_tf.index import HammingIndex
-from mghash_tf.index.faiss_export import faiss_bytes
-from mghash_tf.index.packing import pack_bits
+from mghash_tf.core.index import HammingIndex
+from mghash_tf.core.index.faiss_export import faiss_bytes
+from mghash_tf.core.index.packing import pack_bits
 from test_index_reference import assert_knn_tie_equivalent, ref_distances
 
 faiss = pytest.importorskip("faiss")

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mghash_tf.index import HammingIndex, fileformat
-from mghash_tf.layout import get_layout
+from mghash_tf.core.index import HammingIndex, fileformat
+from mghash_tf.core.layout import get_layout
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -157,7 +157,7 @@ def test_failed_save_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch
 
 SAVER = """
 import sys, numpy as np
-from mghash_tf.index import HammingIndex
+from mghash_tf.core.index import HammingIndex
 index = HammingIndex(64, fingerprint="gen")
 index.add(np.random.default_rng(0).standard_normal((400_000, 64)))
 print("ready", flush=True)

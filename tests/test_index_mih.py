@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from mghash_tf.index import HammingIndex, MultiIndexHash, mih, unpack_bits
-from mghash_tf.index.linear import linear_topk
-from mghash_tf.index.distance import full_terms
-from mghash_tf.index.substrings import flip_masks, fold, substring_values
-from mghash_tf.index.synthetic import clustered_codes, random_codes
+from mghash_tf.core.index import HammingIndex, MultiIndexHash, mih, unpack_bits
+from mghash_tf.core.index.linear import linear_topk
+from mghash_tf.core.index.distance import full_terms
+from mghash_tf.core.index.substrings import flip_masks, fold, substring_values
+from mghash_tf.core.index.synthetic import clustered_codes, random_codes
 from test_index_reference import ref_distances, ref_knn
 
 

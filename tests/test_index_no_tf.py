@@ -25,7 +25,7 @@ else:
     raise SystemExit("the import blocker does not work")
 
 import numpy as np
-from mghash_tf.index import HammingIndex
+from mghash_tf.core.index import HammingIndex
 
 index = HammingIndex(64, "mg64", fingerprint="m")
 index.add(np.random.default_rng(0).standard_normal((2000, 64)), names=[str(i) for i in range(2000)])

@@ -6,7 +6,7 @@ column by column, top-k from a full stable argsort (ties by position = insertion
 
 import numpy as np
 
-from mghash_tf.index import PAD_DISTANCE, pack_bits, unpack_bits
+from mghash_tf.core.index import PAD_DISTANCE, pack_bits, unpack_bits
 
 
 def ref_distances(q_words, db_words, num_bits, columns=None):

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from mghash_tf.index import HammingIndex, distance, topk
-from mghash_tf.index.synthetic import clustered_codes, random_codes
-from mghash_tf.layout import get_layout
+from mghash_tf.core.index import HammingIndex, distance, topk
+from mghash_tf.core.index.synthetic import clustered_codes, random_codes
+from mghash_tf.core.layout import get_layout
 from test_index_reference import ref_distances, ref_ids, ref_knn
 
 LAYOUT = get_layout("scales")  # low 0-16, mid 16-32, high 32-48, fused 48-64

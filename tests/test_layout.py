@@ -1,6 +1,6 @@
 import pytest
 
-from mghash_tf.layout import PRESETS, CodeLayout, Segment, get_layout
+from mghash_tf.core.layout import PRESETS, CodeLayout, Segment, get_layout
 
 
 def test_mg64_prefix_and_levels():

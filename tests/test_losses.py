@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from mghash_tf import losses
-from mghash_tf.hashing_loss import HashingLoss, parse_terms
+from mghash_tf.model import losses
+from mghash_tf.model.hashing_loss import HashingLoss, parse_terms
 
 
 def _np(x):

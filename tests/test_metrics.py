@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mghash_tf import metrics
-from mghash_tf.baselines import ITQ
-from mghash_tf.index.packing import pack_bits
-from mghash_tf.metrics import (average_precision, mean_average_precision, mean_retrieval_time,
+from mghash_tf.core import metrics
+from mghash_tf.evaluation.baselines import ITQ
+from mghash_tf.core.index.packing import pack_bits
+from mghash_tf.core.metrics import (average_precision, mean_average_precision, mean_retrieval_time,
                                pr_curve, precision_at_k, precision_within_radius, recall_at_k,
                                retrieval_report)
 
@@ -341,7 +341,7 @@ def test_imports_without_tensorflow():
             "            raise ImportError('blocked ' + name)\n"
             "sys.meta_path.insert(0, Block())\n"
             "import numpy as np\n"
-            "from mghash_tf import metrics, baselines\n"
+            "from mghash_tf.core import metrics; from mghash_tf.evaluation import baselines\n"
             "x = np.random.default_rng(0).standard_normal((50, 16))\n"
             "codes = baselines.ITQ(8).fit(x).encode(x)\n"
             "labels = np.arange(50) % 3\n"

@@ -3,11 +3,11 @@ import pytest
 
 import keras
 
-from mghash_tf.backbones import build_backbone, stage_layers
-from mghash_tf.layers import HashHead, PixelPreprocessing, SpatialAttentionPooling
-from mghash_tf.layout import get_layout
+from mghash_tf.model.backbones import build_backbone, stage_layers
+from mghash_tf.model.layers import HashHead, PixelPreprocessing, SpatialAttentionPooling
+from mghash_tf.core.layout import get_layout
 from mghash_tf.model import build_model, describe, encode, get_layout_of, set_backbone_trainable
-from mghash_tf.index.packing import pack_bits
+from mghash_tf.core.index.packing import pack_bits
 
 WEIGHTS = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mghash_tf.cli import build_parser, config_from_args
-from mghash_tf.config import TrainConfig
+from mghash_tf.training.config import TrainConfig
 from mghash_tf.data import ImageSet
 
 CHANCE_FINE = 0.25  # 4 balanced fine classes: a random ranking has mAP ~ 1/4
@@ -41,7 +41,7 @@ def tiny_config(**kw):
 
 
 def test_short_fit_beats_chance(tmp_path):
-    from mghash_tf.train import train
+    from mghash_tf.training.train import train
 
     result = train(tiny_config(), tmp_path, image_set=toy_set(), verbose=0)
     assert result.metrics["test"]["map_fine"] > CHANCE_FINE + 0.3
@@ -53,7 +53,7 @@ def test_short_fit_beats_chance(tmp_path):
 
 
 def test_resume_skips_completed_stage(tmp_path):
-    from mghash_tf.train import train
+    from mghash_tf.training.train import train
 
     train(tiny_config(frozen_epochs=2), tmp_path, image_set=toy_set(), verbose=0)
     train(tiny_config(frozen_epochs=2, finetune_epochs=1), tmp_path, image_set=toy_set(), verbose=0)
@@ -93,7 +93,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     sys.path.insert(0, sys.argv[2])
     from test_train import tiny_config, toy_set
-    from mghash_tf.train import train
+    from mghash_tf.training.train import train
     replicas = tf.distribute.MirroredStrategy().num_replicas_in_sync
     result = train(tiny_config(strategy="mirrored", frozen_epochs=1), sys.argv[1], image_set=toy_set(), verbose=0)
     print(json.dumps({"replicas": replicas, "map_fine": result.metrics["test"]["map_fine"]}))
@@ -115,7 +115,7 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
 def test_mixed_precision_and_xla_switches(tmp_path):
     import keras
 
-    from mghash_tf.train import train
+    from mghash_tf.training.train import train
 
     result = train(tiny_config(mixed_precision=True, jit_compile=True, frozen_epochs=1), tmp_path,
                    image_set=toy_set(), verbose=0)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mghash_tf import data_sources
+from mghash_tf.data import sources as data_sources
 from mghash_tf.data import ImageSet, demo_data_path, load_source
 
 TRAIN_PER_CLASS = 500

@@ -1,0 +1,1 @@
+"""The demo, above the library and both apps: train -> export -> index -> query."""

@@ -1,0 +1,62 @@
+"""The tf.data input pipeline and the training augmentation (Keras 3 core layers)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+AUGMENT_SEED = 1
+
+
+def build_augmenter(seed: int = AUGMENT_SEED):
+    """Keras 3 core layers on float images in [0, 255]; output keeps shape and range.
+
+    Translation by up to 1/8 of the side with reflected borders stands in for pad-and-crop.
+    No saturation jitter: RandomSaturation in Keras 3.15 leaves [0, 255] (it clips the
+    HSV saturation to ``value_range`` instead of [0, 1]).
+    """
+    import keras
+
+    layers = keras.layers
+    return layers.Pipeline([
+        layers.RandomTranslation(0.125, 0.125, fill_mode="reflect", seed=seed),
+        layers.RandomFlip("horizontal", seed=seed + 1),
+        layers.RandomRotation(15 / 360, fill_mode="reflect", seed=seed + 2),  # +-15 degrees
+        layers.RandomBrightness(0.2, value_range=(0, 255), seed=seed + 3),
+        layers.RandomContrast(0.2, value_range=(0, 255), seed=seed + 4),
+    ], name="augmenter")
+
+
+def make_dataset(x, labels, *, batch_size: int, shuffle: bool = False, seed: int = 0, augment=False,
+                 cache: bool = True, drop_remainder: bool = False):
+    """-> ``tf.data.Dataset`` of ``(float32 images in [0, 255], int32 labels (B, 2))``.
+
+    Images keep their stored size (the model resizes). ``augment``: False, True (the
+    ``build_augmenter()`` layers) or any callable on float batches. The uint8 elements are cached
+    before shuffling, so augmentation differs every epoch; the epoch order depends only on
+    ``seed``.
+    """
+    import tensorflow as tf
+
+    x = np.asarray(x)
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"`x` must have shape (N, H, W, 3). Received: x.shape={x.shape}")
+    labels = np.asarray(labels)
+    labels = np.stack([labels, labels], axis=1) if labels.ndim == 1 else labels
+    if labels.shape != (len(x), 2):
+        raise ValueError(f"`labels` must have shape ({len(x)}, 2) or ({len(x)},). "
+                         f"Received: labels.shape={labels.shape}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
+    augmenter = build_augmenter() if augment is True else (augment or None)
+    ds = tf.data.Dataset.from_tensor_slices((x, labels.astype(np.int32)))
+    if cache:
+        ds = ds.cache()
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+
+    def to_float(images, batch_labels):
+        images = tf.cast(images, tf.float32)
+        return (augmenter(images) if augmenter else images), batch_labels
+
+    return ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

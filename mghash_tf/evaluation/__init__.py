@@ -1,0 +1,1 @@
+"""Evaluation: per-granularity retrieval mAP, baselines, robustness, plots."""

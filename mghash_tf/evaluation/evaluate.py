@@ -1,0 +1,219 @@
+"""Evaluate a trained model directory on a data source: our codes, the unsupervised baselines
+on the same backbone features, optional query-corruption robustness, and retrieval examples.
+
+Protocol (stated in every result as ``protocol``): query = the test split, database = the
+whole train split (``max_query`` / ``max_db`` take seeded random subsets), relevant = same
+label at the granularity's level; mAP over the whole database with ties ranked by database
+order (``map``) and the exact expectation over tie orders (``map_tie_aware``); queries without
+a relevant database item are excluded (their count is reported).
+
+Baselines (LSH, PCA-sign, ITQ at the granularity's bit count, float cosine) use the backbone
+features the hash head sees: the attention-pooled vectors of every stage, concatenated. They
+are fitted on the database features (unsupervised: no labels used).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL = ("query = test split, database = train split, relevant = same label at the "
+            "granularity's level, mAP@all (ties: database order, and tie-aware expectation), "
+            "queries without relevant item excluded")
+TOP_K = 100
+RADIUS = 2
+GRID_QUERIES = 6
+GRID_TOP = 10
+_COLUMN = {"fine": 0, "coarse": 1}
+BASELINES = ("lsh", "pca", "itq", "float_cosine")
+
+
+def load_model(model_dir):
+    """The ``model.keras`` of a training output directory (or that file itself)."""
+    import keras
+
+    from mghash_tf.model import layers  # noqa: F401  (registers the custom layers for loading)
+
+    path = Path(model_dir)
+    if path.is_dir():
+        path = path / "model.keras"
+    if not path.is_file():
+        raise FileNotFoundError(f"No model file at {path}: pass a training output directory "
+                                "holding model.keras, or the .keras file")
+    return keras.saving.load_model(str(path), compile=False)
+
+
+def load_data(spec, model):
+    """The ImageSet of ``spec`` (``demo`` = the embedded sample) at the model's input size."""
+    from mghash_tf import data as data_lib
+
+    if spec == "demo":
+        spec = f"npz:{data_lib.demo_data_path()}"
+    return data_lib.load_source(spec, image_size=int(model.input_shape[1]))
+
+
+def feature_model(model):
+    """Sub-model: pixels -> the concatenated attention-pooled features fed to the hash head."""
+    import keras
+
+    pooled = model.get_layer("hash_head").input
+    pooled = pooled if isinstance(pooled, (list, tuple)) else [pooled]
+    out = pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(axis=-1)(list(pooled))
+    return keras.Model(model.inputs, out, name="hash_head_features")
+
+
+def predict(model, images, batch_size: int = 256) -> np.ndarray:
+    return np.asarray(model.predict(np.asarray(images, np.float32), batch_size=batch_size, verbose=0))
+
+
+def select_granularities(layout, has_coarse: bool, names=None) -> dict:
+    """``{name: (bit indices, label column)}``; ``names`` (None = all) picks some of them."""
+    from mghash_tf.evaluation.retrieval import granularity_bits
+
+    available = {name: (bits, _COLUMN[level]) for name, (bits, level) in granularity_bits(layout).items()
+                 if has_coarse or level != "coarse"}
+    if names is None:
+        return available
+    names = [names] if isinstance(names, str) else list(names)
+    unknown = [n for n in names if n not in available]
+    if unknown or not names:
+        raise ValueError(f"`granularity` must be among {sorted(available)} for this model and data. "
+                         f"Received: granularity={names!r}")
+    return {n: available[n] for n in names}
+
+
+def _subsample(indices: np.ndarray, max_n, rng, name: str) -> np.ndarray:
+    if max_n is None or max_n >= len(indices):
+        return indices
+    if isinstance(max_n, bool) or not isinstance(max_n, (int, np.integer)) or max_n < 1:
+        raise ValueError(f"`{name}` must be a positive integer or None. Received: {name}={max_n!r}")
+    return np.sort(rng.choice(indices, int(max_n), replace=False))
+
+
+def code_metrics(q, db, ql, dl) -> dict:
+    """Hamming metrics: mAP@all (stable and tie-aware), P@100, precision within radius 2,
+    and the PR curve over radii (as lists)."""
+    from mghash_tf.core.metrics import retrieval_report
+
+    stable = retrieval_report(q, db, ql, dl, map_ks=(None,), ks=(TOP_K,), radius=RADIUS, curve=True)
+    tied = retrieval_report(q, db, ql, dl, map_ks=(None,), ks=(TOP_K,), radius=None, tie_aware=True)
+    curve = {k: np.asarray(v).tolist() for k, v in stable["pr_curve"].items()}
+    return {"map": stable["map"], "map_tie_aware": tied["map"],
+            f"precision@{TOP_K}": stable[f"precision@{TOP_K}"],
+            f"precision@{TOP_K}_tie_aware": tied[f"precision@{TOP_K}"],
+            f"precision@r{RADIUS}": stable[f"precision@r{RADIUS}"],
+            "num_no_relevant": stable["num_no_relevant"], "pr_curve": curve}
+
+
+def float_metrics(q, db, ql, dl) -> dict:
+    """Cosine ranking of float features: mAP@all and P@100 (no radius, no PR curve)."""
+    from mghash_tf.core.metrics import retrieval_report
+
+    stable = retrieval_report(q, db, ql, dl, map_ks=(None,), ks=(TOP_K,), radius=None, metric="cosine")
+    tied = retrieval_report(q, db, ql, dl, map_ks=(None,), ks=(TOP_K,), radius=None, metric="cosine",
+                            tie_aware=True)
+    return {"map": stable["map"], "map_tie_aware": tied["map"],
+            f"precision@{TOP_K}": stable[f"precision@{TOP_K}"],
+            f"precision@{TOP_K}_tie_aware": tied[f"precision@{TOP_K}"],
+            "num_no_relevant": stable["num_no_relevant"]}
+
+
+def baseline_metrics(q_feat, db_feat, ql, dl, num_bits: int, *, seed: int = 0) -> dict:
+    """LSH, PCA-sign, ITQ at ``num_bits`` and float cosine on the same features."""
+    from mghash_tf.evaluation import baselines
+
+    out = {}
+    for name, hasher in (("lsh", baselines.LSH(num_bits, seed=seed)), ("pca", baselines.PCASign(num_bits)),
+                         ("itq", baselines.ITQ(num_bits, seed=seed))):
+        try:
+            hasher.fit(db_feat)
+        except ValueError as e:
+            # PCA-based hashers need num_bits <= feature dimension; say so instead of failing.
+            logger.warning("%s skipped: %s", name, e)
+            out[name] = {"skipped": str(e)}
+            continue
+        out[name] = code_metrics(hasher.encode(q_feat), hasher.encode(db_feat), ql, dl)
+    out["float_cosine"] = float_metrics(baselines.float_cosine(q_feat), baselines.float_cosine(db_feat),
+                                        ql, dl)
+    return out
+
+
+def retrieval_examples(q_codes, db_codes, ql, dl, q_index, db_index, *, num_queries=GRID_QUERIES,
+                       top=GRID_TOP, seed: int = 0) -> list:
+    """Top-``top`` Hamming neighbours (ties by database order) of a few seeded queries, with
+    indices into the loaded data set so a plot can show the images."""
+    rng = np.random.default_rng(seed)
+    picks = np.sort(rng.choice(len(q_codes), min(num_queries, len(q_codes)), replace=False))
+    qb, dbb = np.asarray(q_codes) > 0, np.asarray(db_codes) > 0
+    examples = []
+    for i in picks:
+        dist = np.count_nonzero(qb[i] != dbb, axis=1)
+        order = np.argsort(dist, kind="stable")[:top]
+        examples.append({"query_index": int(q_index[i]), "db_indices": db_index[order].tolist(),
+                         "distances": dist[order].tolist(),
+                         "relevant": (dl[order] == ql[i]).tolist()})
+    return examples
+
+
+def evaluate(model, image_set, *, granularities=None, baselines: bool = True,
+             robustness: bool = False, max_query=None, max_db=None, seed: int = 0,
+             batch_size: int = 256) -> dict:
+    """The evaluation of ``model`` on ``image_set`` (which needs a train/test split) as a
+    JSON-able dict; see the module docstring for the protocol."""
+    from mghash_tf.model import describe, get_layout_of
+
+    if image_set.split is None or not (image_set.split == 1).any() or not (image_set.split == 0).any():
+        raise ValueError("The data must have a train split (0) and a test split (1) for the protocol "
+                         "query = test, database = train. Received: split="
+                         f"{None if image_set.split is None else np.unique(image_set.split).tolist()}")
+    start = time.perf_counter()
+    layout = get_layout_of(model)
+    chosen = select_granularities(layout, image_set.has_coarse, granularities)
+    rng = np.random.default_rng(seed)
+    q_index = _subsample(np.flatnonzero(image_set.split == 1), max_query, rng, "max_query")
+    db_index = _subsample(np.flatnonzero(image_set.split == 0), max_db, rng, "max_db")
+    labels = image_set.labels
+    ql, dl = labels[q_index], labels[db_index]
+    q_codes = predict(model, image_set.x[q_index], batch_size)
+    db_codes = predict(model, image_set.x[db_index], batch_size)
+    if baselines:
+        features = feature_model(model)
+        q_feat = predict(features, image_set.x[q_index], batch_size)
+        db_feat = predict(features, image_set.x[db_index], batch_size)
+    result = {"protocol": PROTOCOL, "model": describe(model), "num_query": int(len(q_index)),
+              "num_db": int(len(db_index)), "seed": int(seed), "granularities": {}}
+    for name, (bits, col) in chosen.items():
+        methods = {"mghash": code_metrics(q_codes[:, bits], db_codes[:, bits], ql[:, col], dl[:, col])}
+        if baselines:
+            methods.update(baseline_metrics(q_feat, db_feat, ql[:, col], dl[:, col], len(bits), seed=seed))
+        result["granularities"][name] = {
+            "bits": int(len(bits)), "label_level": "fine" if col == 0 else "coarse",
+            "methods": methods,
+            "examples": retrieval_examples(q_codes[:, bits], db_codes[:, bits], ql[:, col], dl[:, col],
+                                           q_index, db_index, seed=seed)}
+        logger.info("%s (%d bits): mghash mAP %.4f", name, len(bits), methods["mghash"]["map"])
+    if robustness:
+        from mghash_tf.evaluation.robustness import robustness_maps
+
+        result["robustness"] = robustness_maps(lambda x: predict(model, x, batch_size),
+                                               image_set.x[q_index], ql, db_codes, dl, chosen, seed=seed)
+    result["seconds"] = round(time.perf_counter() - start, 2)
+    return result
+
+
+def summary_rows(result: dict) -> list:
+    """``(granularity, bits, method, map, map_tie_aware, P@100, P@100 tie-aware, P@r2)`` rows."""
+    rows = []
+    for name, g in result["granularities"].items():
+        for method, m in g["methods"].items():
+            if "skipped" in m:
+                continue
+            rows.append((name, g["bits"], method, m["map"], m["map_tie_aware"],
+                         m[f"precision@{TOP_K}"], m[f"precision@{TOP_K}_tie_aware"],
+                         m.get(f"precision@r{RADIUS}")))
+    return rows

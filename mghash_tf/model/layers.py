@@ -1,0 +1,145 @@
+"""Custom Keras layers of the MGHash model, registered so `.keras` files reload without
+``custom_objects``. Math in ``keras.ops`` so the layers stay backend neutral."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+PACKAGE = "mghash_tf"
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SpatialAttentionPooling(keras.layers.Layer):
+    """``A = sigmoid(Conv1x1(F))``; returns ``GAP(F * A)`` of shape (B, C).
+
+    The 1x1 convolution maps C channels to a single H x W attention map, so the pooled vector
+    weights each location by how much the map attends to it.
+
+    Args:
+        return_attention: also return the (B, H, W, 1) attention map (for visualisation).
+    """
+
+    def __init__(self, return_attention=False, **kwargs):
+        super().__init__(**kwargs)
+        self.return_attention = return_attention
+        self.score = keras.layers.Conv2D(1, 1, name="score", dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        self.score.build(input_shape)
+        self.built = True
+
+    def call(self, features):
+        attention = ops.sigmoid(self.score(features))
+        pooled = ops.mean(features * ops.cast(attention, features.dtype), axis=(1, 2))
+        if self.return_attention:
+            return pooled, attention
+        return pooled
+
+    def compute_output_shape(self, input_shape):
+        pooled = (input_shape[0], input_shape[-1])
+        if self.return_attention:
+            return pooled, tuple(input_shape[:3]) + (1,)
+        return pooled
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"return_attention": self.return_attention})
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class HashHead(keras.layers.Layer):
+    """Maps pooled stage features to a K-bit relaxed code laid out by segments.
+
+    Each segment ``s`` reads the concatenation of its stages' pooled vectors and computes
+    ``h_s = tanh(W_s f_s + v_s)``; the segments are concatenated in layout order. ``sign(h)``
+    is the binary code at inference (see :func:`mghash_tf.core.index.packing.pack_bits`).
+
+    Args:
+        layout: a ``CodeLayout.to_dict()`` dict; kept as plain data so the config is JSON.
+        stage_names: order of the input list, e.g. ``["low", "mid", "high"]``.
+    """
+
+    def __init__(self, layout, stage_names=("low", "mid", "high"), **kwargs):
+        super().__init__(**kwargs)
+        from mghash_tf.core.layout import CodeLayout
+
+        self.layout = CodeLayout.from_dict(layout).to_dict()
+        self.stage_names = list(stage_names)
+        self._segments = CodeLayout.from_dict(self.layout).segments
+        self.projections = [
+            keras.layers.Dense(s.bits, name=f"hash_{s.name}", dtype=self.dtype_policy)
+            for s in self._segments
+        ]
+
+    def _segment_input(self, inputs, segment):
+        parts = [inputs[self.stage_names.index(st)] for st in segment.stages]
+        return parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=-1)
+
+    def build(self, input_shape):
+        for seg, dense in zip(self._segments, self.projections):
+            width = sum(input_shape[self.stage_names.index(st)][-1] for st in seg.stages)
+            dense.build((None, width))
+        self.built = True
+
+    def call(self, inputs):
+        codes = [
+            ops.tanh(dense(self._segment_input(inputs, seg)))
+            for seg, dense in zip(self._segments, self.projections)
+        ]
+        out = codes[0] if len(codes) == 1 else ops.concatenate(codes, axis=-1)
+        return ops.cast(out, "float32")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"layout": self.layout, "stage_names": self.stage_names})
+        return config
+
+
+_NORMALISATIONS = ("none", "unit", "symmetric", "caffe")
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PixelPreprocessing(keras.layers.Layer):
+    """Raw RGB pixels in [0, 255] -> the backbone's input: resize, then normalise.
+
+    Living inside the model means a saved or exported model takes plain pixels, so the device
+    never has to know which backbone produced its codes.
+
+    Args:
+        image_size: side of the square image the backbone sees.
+        normalisation: ``"none"`` (backbone normalises itself), ``"unit"`` (x / 255),
+            ``"symmetric"`` (x / 127.5 - 1) or ``"caffe"`` (BGR, ImageNet mean subtracted).
+    """
+
+    def __init__(self, image_size, normalisation="unit", **kwargs):
+        super().__init__(**kwargs)
+        if normalisation not in _NORMALISATIONS:
+            raise ValueError(
+                f"`normalisation` must be one of {_NORMALISATIONS}. "
+                f"Received: normalisation={normalisation!r}"
+            )
+        self.image_size = int(image_size)
+        self.normalisation = normalisation
+
+    def call(self, pixels):
+        x = ops.cast(pixels, self.compute_dtype)
+        if x.shape[1] != self.image_size or x.shape[2] != self.image_size:
+            x = ops.image.resize(x, (self.image_size, self.image_size), interpolation="bilinear")
+        if self.normalisation == "unit":
+            return x / 255.0
+        if self.normalisation == "symmetric":
+            return x / 127.5 - 1.0
+        if self.normalisation == "caffe":
+            mean = ops.convert_to_tensor([103.939, 116.779, 123.68], dtype=x.dtype)
+            return ops.flip(x, axis=-1) - mean
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.image_size, self.image_size, input_shape[-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"image_size": self.image_size, "normalisation": self.normalisation})
+        return config

@@ -1,0 +1,225 @@
+"""Train on cached backbone features: the frozen layers run once, not once per epoch.
+
+With a pretrained backbone on a CPU, nearly all of a stage-1 epoch is spent in frozen layers
+whose outputs never change. This module runs them once (the *trunk*), keeps their outputs as
+float16 arrays, and trains the rest (the *head*) on those arrays:
+
+- ``train_stages=0``: the head is the attention pooling + hash head, on cached
+  ``low``/``mid``/``high`` maps. Same gradients as stage 1 of :func:`mghash_tf.training.train.train`
+  without augmentation.
+- ``train_stages=1``: the cut moves to the ``mid`` tap, so the backbone layers between ``mid``
+  and ``high`` (MobileNetV2: blocks 13-16 and ``Conv_1``) train too, with BatchNorm frozen.
+  On a 2-core CPU this is partial fine-tuning for about the price of a linear probe.
+- ``train_stages=2``: the cut moves to the ``low`` tap; everything after it trains (MobileNetV2:
+  blocks 6-16), about twice the cost of ``train_stages=1``.
+
+Augmentation survives as *views*: each training image is cached as itself and horizontally
+flipped, and every epoch draws one view per image.
+
+The head is built from the full model's own layers (shared weights): once it is trained, the
+full model is trained and saves, evaluates and exports as usual.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+
+import keras
+import numpy as np
+
+from mghash_tf.training.config import STAGE1_CACHE
+from mghash_tf.core.layout import STAGES
+from mghash_tf.model import BACKBONE_LAYER, get_layout_of
+
+logger = logging.getLogger(__name__)
+VIEWS = {"identity": lambda x: x, "hflip": lambda x: x[:, :, ::-1]}
+
+
+@dataclasses.dataclass
+class SplitModel:
+    """``trunk``: pixels -> cached arrays (+ ImageNet-style GAP of the frozen ``high`` map).
+    ``head``: cached arrays -> relaxed codes. ``features``: cached arrays -> the
+    concatenated pooled features the hash head reads (what the baselines hash)."""
+
+    trunk: keras.Model
+    head: keras.Model
+    features: keras.Model
+    tail: keras.Model | None
+
+    @property
+    def num_cached(self) -> int:
+        return len(self.head.inputs)
+
+
+def split_model(model: keras.Model, *, train_stages: int = 0) -> SplitModel:
+    if train_stages not in (0, 1, 2):
+        raise ValueError(f"`train_stages` must be 0, 1 or 2. Received: train_stages={train_stages!r}")
+    backbone = model.get_layer(BACKBONE_LAYER)
+    low, mid, high = backbone.outputs
+    cut = [low, mid, high][:3 - train_stages]
+    pixels = keras.Input(model.input_shape[1:], name="pixels")
+    frozen = keras.Model(backbone.inputs, cut + [high], name="frozen_part")
+    outs = frozen(model.get_layer("preprocessing")(pixels))
+    gap = keras.layers.GlobalAveragePooling2D(name="frozen_high_gap")(outs[-1])
+    trunk = keras.Model(pixels, list(outs[:-1]) + [gap], name="trunk")
+
+    inputs = [keras.Input(t.shape[1:], name=f"cached_{s}") for s, t in zip(STAGES, cut)]
+    tail = None
+    maps = list(inputs)
+    if train_stages:
+        tail = keras.Model(cut[-1], [mid, high][-train_stages:], name="trained_stages")
+        out = tail(inputs[-1])
+        maps += list(out) if isinstance(out, (list, tuple)) else [out]
+    pooled = [model.get_layer(f"attention_{s}")(m) for s, m in zip(STAGES, maps)]
+    head = keras.Model(inputs, model.get_layer("hash_head")(pooled), name="head")
+    features = keras.Model(inputs, keras.layers.Concatenate(axis=-1)(pooled), name="head_features")
+    return SplitModel(trunk, head, features, tail)
+
+
+def extract(trunk: keras.Model, images, *, views=("identity",), batch_size: int = 256,
+            dtype="float16") -> tuple:
+    """Run the trunk once per view. Returns ``(cached, gap)``: ``cached`` is a list of arrays
+    ``(V, N, h, w, c)`` in ``dtype``; ``gap`` is ``(V, N, C)`` float32."""
+    images = np.asarray(images)
+    unknown = [v for v in views if v not in VIEWS]
+    if unknown or not views:
+        raise ValueError(f"`views` must be names from {sorted(VIEWS)}. Received: views={views!r}")
+    n = len(images)
+    shapes = [tuple(t.shape[1:]) for t in trunk.outputs]
+    cached = [np.empty((len(views), n) + s, dtype=dtype) for s in shapes[:-1]]
+    gap = np.empty((len(views), n) + shapes[-1], dtype="float32")
+    start = time.perf_counter()
+    for v, name in enumerate(views):
+        for lo in range(0, n, batch_size):
+            batch = VIEWS[name](images[lo:lo + batch_size]).astype("float32")
+            for dst, out in zip(cached + [gap], trunk.predict_on_batch(batch)):
+                dst[v, lo:lo + len(batch)] = out
+    seconds = time.perf_counter() - start
+    logger.info("cached %d images x %d views in %.0f s (%.0f images/s), %.2f GB", n, len(views), seconds,
+                n * len(views) / seconds, sum(a.nbytes for a in cached) / 1e9)
+    return cached, gap
+
+
+class CachedBatches(keras.utils.PyDataset):
+    """Shuffled batches of cached arrays (one random view per item per epoch) with (B, 2) labels."""
+
+    def __init__(self, cached, labels, *, batch_size: int, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.cached = cached
+        self.labels = np.asarray(labels, dtype="int32")
+        self.batch_size = batch_size
+        self.rng = np.random.default_rng(seed)
+        self.num_views, self.n = cached[0].shape[:2]
+        self.on_epoch_end()
+
+    def __len__(self):
+        return self.n // self.batch_size
+
+    def on_epoch_end(self):
+        self.order = self.rng.permutation(self.n)
+        self.view = self.rng.integers(0, self.num_views, self.n)
+
+    def __getitem__(self, i):
+        idx = np.sort(self.order[i * self.batch_size:(i + 1) * self.batch_size])
+        view = self.view[idx]
+        xs = tuple(a[view, idx].astype("float32") for a in self.cached)
+        return xs, self.labels[idx]
+
+
+def predict_cached(head: keras.Model, cached, *, view: int = 0, batch_size: int = 512) -> np.ndarray:
+    """Outputs of ``head`` (codes or features) for one view of cached arrays."""
+    n = cached[0].shape[1]
+    out = []
+    for lo in range(0, n, batch_size):
+        out.append(keras.ops.convert_to_numpy(
+            head([a[view, lo:lo + batch_size].astype("float32") for a in cached], training=False)))
+    return np.concatenate(out).astype("float32")
+
+
+class CachedValidation(keras.callbacks.Callback):
+    """``val_map_<granularity>`` per epoch from cached validation queries and database; keeps
+    the weights of the best ``val_map_fine`` epoch and restores them when training ends."""
+
+    def __init__(self, query, query_labels, database, database_labels, layout, *, has_coarse=True):
+        super().__init__()
+        self.query, self.query_labels = query, np.asarray(query_labels)
+        self.database, self.database_labels = database, np.asarray(database_labels)
+        self.layout, self.has_coarse = layout, has_coarse
+        self.best, self.best_epoch, self.best_weights = -math.inf, None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        from mghash_tf.evaluation.retrieval import evaluate_codes
+
+        q = predict_cached(self.model, self.query)
+        db = predict_cached(self.model, self.database)
+        scores = evaluate_codes(q, db, self.query_labels, self.database_labels, self.layout,
+                                has_coarse=self.has_coarse)
+        if logs is not None:
+            logs.update({f"val_{k}": v for k, v in scores.items()})
+        if scores["map_fine"] > self.best:
+            self.best, self.best_epoch = scores["map_fine"], epoch + 1
+            self.best_weights = self.model.get_weights()
+        logger.info("epoch %d validation %s", epoch + 1, scores)
+
+    def on_train_end(self, logs=None):
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+
+
+def train_head(split: SplitModel, train_cached, train_labels, val_cached, val_labels, db_cached, db_labels,
+               config, *, has_coarse: bool = True, num_classes=None, callbacks=(), verbose="auto") -> dict:
+    """Fit ``split.head`` (and so the full model) on cached arrays; ``config`` is a
+    :class:`~mghash_tf.training.config.TrainConfig` (``frozen_epochs``, ``learning_rate``, ``batch_size``,
+    loss, regularisers, schedule, weight decay, seed). ``num_classes`` defaults to the largest
+    label + 1 per level. Returns the history and the best epoch."""
+    from mghash_tf.model.hashing_loss import HashingLoss
+    from mghash_tf.training.train import _optimizer
+
+    if split.tail is not None:
+        split.tail.trainable = True
+        for layer in split.tail.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+    head = split.head
+    layout = get_layout_of(head)
+    labels = np.asarray(train_labels)
+    num_classes = num_classes or {"fine": int(labels[:, 0].max()) + 1, "coarse": int(labels[:, 1].max()) + 1}
+    batches = CachedBatches(train_cached, labels, batch_size=config.batch_size, seed=config.seed)
+    loss = HashingLoss(layout.to_dict(), num_classes, loss=config.loss,
+                       quantization_weight=config.quantization_weight,
+                       balance_weight=config.balance_weight, seed=config.seed)
+    head.compile(optimizer=_optimizer(config.learning_rate, len(batches) * config.frozen_epochs, config),
+                 loss=loss)
+    validation = CachedValidation(val_cached, val_labels, db_cached, db_labels, layout, has_coarse=has_coarse)
+    start = time.perf_counter()
+    history = head.fit(batches, epochs=config.frozen_epochs, callbacks=[validation, *callbacks], verbose=verbose)
+    seconds = time.perf_counter() - start
+    return {"history": history.history, "best_epoch": validation.best_epoch,
+            "best_val_map_fine": validation.best, "seconds": seconds,
+            "items_per_second": len(batches) * config.batch_size * config.frozen_epochs / seconds}
+
+
+
+def run_stage1(model: keras.Model, splits, config, out, *, num_classes=None, verbose="auto"):
+    """Stage 1 of :func:`mghash_tf.training.train.train` on a cached trunk (``config.stage1_cache``):
+    same validation protocol (validation split against a seeded sample of ``val_database_size``
+    training images), rows appended to ``log.csv``, best weights in ``best.weights.h5``.
+    Returns ``(history, [items per second])``."""
+    split = split_model(model, train_stages=STAGE1_CACHE.index(config.stage1_cache) - 1)
+    views = ("identity", "hflip") if config.augment else ("identity",)
+    train_arrays, _ = extract(split.trunk, splits.train.x, views=views)
+    val_arrays, _ = extract(split.trunk, splits.val.x)
+    n_train = len(splits.train.y_fine)
+    rng = np.random.default_rng(config.seed)
+    db_idx = np.sort(rng.choice(n_train, min(config.val_database_size, n_train), replace=False))
+    result = train_head(
+        split, train_arrays, splits.train.labels, val_arrays, splits.val.labels,
+        [a[:1, db_idx] for a in train_arrays], splits.train.labels[db_idx], config,
+        has_coarse=splits.has_coarse, num_classes=num_classes, verbose=verbose,
+        callbacks=[keras.callbacks.CSVLogger(str(out / "log.csv"), append=True)],
+    )
+    model.save_weights(str(out / "best.weights.h5"))
+    return result["history"], [result["items_per_second"]]

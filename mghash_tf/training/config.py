@@ -1,0 +1,121 @@
+"""Training configuration: one frozen, validated dataclass per experiment, stored as JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from mghash_tf.core.layout import get_layout
+
+BACKBONES = ("small_cnn", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
+             "efficientnet_v2_b0", "resnet50")
+SCHEDULES = ("cosine", "constant")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+STAGE1_CACHE = ("none", "heads", "last_stage", "last_two_stages")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run.
+
+    ``data`` is a source spec (``npz:PATH``, ``folder:PATH``, ``tfds:NAME``, ``demo``).
+    Stage 1 trains the heads with the backbone frozen (``frozen_epochs``, ``learning_rate``);
+    stage 2 trains end to end (``finetune_epochs``, ``finetune_learning_rate``). A backbone
+    without pretrained weights has nothing to protect, so for it stage 1 trains everything.
+    ``stage1_cache`` (pretrained backbones only) runs stage 1 on a cached frozen trunk
+    (:mod:`mghash_tf.training.cached`): ``"heads"`` trains the heads, ``"last_stage"`` the heads and the
+    backbone's last stage, ``"last_two_stages"`` its last two; augmentation is then the
+    horizontal flip only.
+    """
+
+    data: str = "demo"
+    download: bool = False
+    backbone: str = "small_cnn"
+    weights: str | None = None
+    image_size: int = 32
+    input_size: int | None = None
+    layout: object = "mg64"
+    loss: str = "csq"
+    quantization_weight: float = 0.1
+    balance_weight: float = 0.01
+    frozen_epochs: int = 5
+    finetune_epochs: int = 0
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    finetune_learning_rate: float = 1e-4
+    schedule: str = "cosine"
+    weight_decay: float = 1e-4
+    augment: bool = True
+    seed: int = 1
+    val_fraction: float = 0.1
+    val_database_size: int = 5000
+    max_train: int | None = None
+    strategy: str = "default"
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    tensorboard: bool = False
+    stage1_cache: str = "none"
+
+    def __post_init__(self):
+        _check_choice("backbone", self.backbone, BACKBONES)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("strategy", self.strategy, STRATEGIES)
+        _check_choice("stage1_cache", self.stage1_cache, STAGE1_CACHE)
+        if self.stage1_cache != "none" and self.weights is None:
+            raise ValueError("`stage1_cache` needs a pretrained backbone (`weights`): without one, "
+                             f"stage 1 trains every layer. Received: stage1_cache={self.stage1_cache!r}, "
+                             "weights=None")
+        get_layout(self.layout)
+        for name in ("image_size", "batch_size"):
+            _check_int(name, getattr(self, name), minimum=1)
+        for name in ("frozen_epochs", "finetune_epochs", "val_database_size"):
+            _check_int(name, getattr(self, name), minimum=0)
+        if self.frozen_epochs + self.finetune_epochs < 1:
+            raise ValueError(
+                "`frozen_epochs + finetune_epochs` must be >= 1. "
+                f"Received: {self.frozen_epochs} + {self.finetune_epochs}"
+            )
+        if not 0.0 < self.val_fraction < 0.5:
+            raise ValueError(f"`val_fraction` must be in (0, 0.5). Received: val_fraction={self.val_fraction}")
+        for name in ("learning_rate", "finetune_learning_rate"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"`{name}` must be > 0. Received: {name}={getattr(self, name)}")
+
+    @property
+    def code_layout(self):
+        return get_layout(self.layout)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        if not isinstance(self.layout, (str, int)):
+            d["layout"] = get_layout(self.layout).to_dict()
+        return d
+
+    def to_json(self, path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"Unknown config keys {unknown}. Known keys: {sorted(known)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, path) -> "TrainConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}. Received: {name}={value!r}")
+
+
+def _check_int(name, value, *, minimum):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}. Received: {name}={value!r}")
