@@ -121,7 +121,7 @@ def run_dataset(name, args, records, runs, prov):
     from mghash_tf.training import cached
     from mghash_tf.training.config import TrainConfig
     from mghash_tf.model import build_model, encode, get_layout_of
-    from mghash_tf.evaluation.retrieval import granularity_bits
+    from mghash_tf.core.granularity import evaluation_granularities
     from mghash_tf.training.train import _atomic_save_model
 
     rng = np.random.default_rng(args.seed)
@@ -178,10 +178,10 @@ def run_dataset(name, args, records, runs, prov):
                "full_model_agreement": agreement}
         runs.append(run)
         logger.info("trained %s", run)
-        for gran, (bits, level) in granularity_bits(get_layout_of(model)).items():
+        for gran, g in evaluation_granularities(get_layout_of(model)).items():
             if gran not in DATASETS[name]["granularities"]:
                 continue
-            col = 0 if level == "fine" else 1
+            bits, col = g.bit_indices(), g.label_column
             ql, dl = q_labels[:, col], db_labels[:, col]
             rec = {**base, "layout": layout, "bits": len(bits), "granularity": gran}
             records.append({**rec, "method": "mghash", "features": "model",

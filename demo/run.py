@@ -59,7 +59,8 @@ def _print_maps(title, scores):
 
 def run_demo(out_dir, *, epochs: int | None = None, verbose=2) -> dict:
     from mghash_tf.core.encoder import TFLiteEncoder
-    from edge_demo.photos import granularity_args, index_folder, load_index_for, query_image
+    from edge_demo.photos import index_folder, load_index_for, query_image
+    from mghash_tf.core.granularity import search_args
     from export.convert import convert_model
     from mghash_tf.training.train import train
 
@@ -91,9 +92,9 @@ def run_demo(out_dir, *, epochs: int | None = None, verbose=2) -> dict:
     fine_of = dict(zip(names, splits.train.y_fine))
     coarse_of = dict(zip(names, splits.train.y_coarse))
     int8_maps = {
-        "fine": index_map(index, q_codes, splits.test.y_fine, fine_of, granularity_args(encoder.layout, "fine")),
+        "fine": index_map(index, q_codes, splits.test.y_fine, fine_of, search_args(encoder.layout, "fine")),
         "coarse": index_map(index, q_codes, splits.test.y_coarse, coarse_of,
-                            granularity_args(encoder.layout, "coarse")),
+                            search_args(encoder.layout, "coarse")),
     }
     _print_maps("int8 TFLite test mAP@all through the NumPy index", int8_maps)
     hits = query_image(splits.test.x[0], index, encoder, 5, "fine")

@@ -18,6 +18,7 @@ import time
 from pathlib import Path, PurePosixPath
 
 from edge_demo import grid, photos
+from mghash_tf.core.commands import run_command
 from mghash_tf.core.encoder import TFLiteEncoder
 
 logger = logging.getLogger(__name__)
@@ -158,9 +159,5 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    try:
-        runs = {"index": _run_index, "query": _run_query, "serve": _run_serve}
-        return runs[args.command](args)
-    except (ValueError, OSError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    runs = {"index": _run_index, "query": _run_query, "serve": _run_serve}
+    return run_command(runs[args.command], args)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mghash_tf.core import granularity as granularity_lib
 from mghash_tf.core.images import RESAMPLE, decode_files, decode_image
 from mghash_tf.core.index import HammingIndex
 
@@ -31,7 +32,6 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".
                             ".ppm", ".pgm", ".pbm"})
 # Files decoded (in threads) and encoded per step: bounds memory and paces the progress callback.
 CHUNK = 64
-WHOLE_CODE = ("fine", "full")
 
 
 def index_fingerprint(description: dict) -> str:
@@ -160,52 +160,6 @@ def load_index_for(path, encoder) -> HammingIndex:
     return HammingIndex.load(path, expect_fingerprint=index_fingerprint(encoder.description))
 
 
-def granularity_args(layout, spec) -> dict:
-    """``{"granularity": ..., "weights": ...}`` for ``HammingIndex.search`` from a CLI spec.
-
-    Specs: None, ``"fine"`` or ``"full"``: the whole code (every segment; ``fine`` names the
-    finest granularity even when a segment is also called ``fine``); ``"coarse"``: the segments
-    whose ``label_level`` is coarse; ``"segment:NAME"`` or a bare segment name: that segment alone;
-    ``"scales:low=1,mid=0.5"``: the weighted sum of those segments' distances.
-    """
-    if spec is None or spec in WHOLE_CODE:
-        return {"granularity": None, "weights": None}
-    if not isinstance(spec, str) or not spec:
-        raise ValueError(f"`granularity` must be a non-empty str. Received: granularity={spec!r}")
-    if spec == "coarse":
-        names = [s.name for s in layout.segments if s.label_level == "coarse"]
-        if not names:
-            raise ValueError(f"granularity 'coarse' needs a segment with label_level='coarse'; this "
-                             f"model's segments are {list(layout.names)}. Received: granularity='coarse'")
-        return {"granularity": names[0] if len(names) == 1 else names, "weights": None}
-    if spec.startswith("scales:"):
-        return {"granularity": None, "weights": _parse_weights(layout, spec)}
-    name = spec[len("segment:"):] if spec.startswith("segment:") else spec
-    if name not in layout.names:
-        raise ValueError(f"`granularity` must be fine, full, coarse, scales:NAME=W,... or a segment "
-                         f"name from {list(layout.names)}. Received: granularity={spec!r}")
-    return {"granularity": name, "weights": None}
-
-
-def _parse_weights(layout, spec: str) -> dict:
-    weights = {}
-    for part in spec[len("scales:"):].split(","):
-        name, sep, value = part.partition("=")
-        name = name.strip()
-        try:
-            w = float(value) if sep else math.nan
-        except ValueError:
-            w = math.nan
-        if name not in layout.names or name in weights or not (math.isfinite(w) and w >= 0):
-            raise ValueError(f"`scales:` takes distinct segment=weight pairs, segments from "
-                             f"{list(layout.names)}, weights finite and >= 0. Received: {part!r} "
-                             f"in granularity={spec!r}")
-        weights[name] = w
-    if not any(weights.values()):
-        raise ValueError(f"At least one `scales:` weight must be > 0. Received: granularity={spec!r}")
-    return weights
-
-
 def prepare_query(source, input_size: int) -> np.ndarray:
     """A query path or uint8 (H, W, 3) array -> uint8 (input_size, input_size, 3), decoded and
     resized by the rules used at indexing time (``decode_image``)."""
@@ -226,11 +180,11 @@ def query_image(source, index, encoder, k: int = 10, granularity=None, *, cascad
                 shortlist: int | None = None, timings: dict | None = None) -> list:
     """``[(name, distance), ...]`` of the ``k`` nearest photos to ``source`` (path or array).
 
-    ``granularity`` is a spec for :func:`granularity_args`. ``cascade``: shortlist by the coarse
+    ``granularity`` is a spec for :func:`mghash_tf.core.granularity.search_args`. ``cascade``: shortlist by the coarse
     segment, re-rank by the whole code (``granularity`` must then be the whole code).
     ``timings``, when given, receives ``decode_ms``, ``encode_ms`` and ``search_ms``.
     """
-    args = granularity_args(index.layout, granularity)
+    args = granularity_lib.search_args(index.layout, granularity)
     t0 = time.perf_counter()
     image = prepare_query(source, encoder.input_size)
     t1 = time.perf_counter()
@@ -240,8 +194,8 @@ def query_image(source, index, encoder, k: int = 10, granularity=None, *, cascad
         if args["granularity"] is not None or args["weights"] is not None:
             raise ValueError("--cascade ranks by the whole code; it takes no other granularity. "
                              f"Received: granularity={granularity!r}")
-        coarse = [s.name for s in index.layout.segments if s.label_level == "coarse"]
-        D, I = index.cascade(code, k, coarse=coarse[0] if coarse else None, shortlist=shortlist)
+        coarse = "coarse" if granularity_lib.coarse_segments(index.layout) else None
+        D, I = index.cascade(code, k, coarse=coarse, shortlist=shortlist)
     else:
         D, I = index.search(code, k, **args)
     t3 = time.perf_counter()

@@ -51,6 +51,7 @@ import numpy as np
 from PIL import Image
 
 from edge_demo import photos
+from mghash_tf.core import granularity as granularity_lib
 from mghash_tf.core.images import decode_image
 
 logger = logging.getLogger(__name__)
@@ -209,7 +210,7 @@ class App:
         index, d = snap.index, self.encoder.description
         segments = [{"name": s.name, "bits": s.bits, "label_level": s.label_level}
                     for s in index.layout.segments]
-        has_coarse = any(s["label_level"] == "coarse" for s in segments)
+        has_coarse = bool(granularity_lib.coarse_segments(index.layout))
         return {"items": len(index), "bits": index.num_bits, "fingerprint": index.fingerprint,
                 "layout": {"segments": segments}, "index_file": self.holder.path.name,
                 "granularities": ["fine"] + (["coarse"] if has_coarse else [])
@@ -268,7 +269,7 @@ class App:
     @staticmethod
     def _granularity(snap, spec) -> dict:
         try:
-            return photos.granularity_args(snap.index.layout, spec)
+            return granularity_lib.search_args(snap.index.layout, spec)
         except ValueError as e:
             raise ApiError(400, str(e)) from None
 

@@ -9,20 +9,10 @@ import shlex
 import sys
 from pathlib import Path
 
+from mghash_tf.core.commands import run_command
+from mghash_tf.model.saving import load_model
+
 DEFAULT_DATA = "npz:../shared/data/cifar10.npz"
-
-
-def _load_model(path):
-    import keras
-
-    import mghash_tf.model.layers  # noqa: F401  (registers the custom layers)
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.keras"
-    if not path.is_file():
-        raise SystemExit(f"error: no Keras model at {path}")
-    return keras.saving.load_model(str(path), compile=False)
 
 
 def cmd_convert(args):
@@ -30,7 +20,7 @@ def cmd_convert(args):
     from mghash_tf.model import describe
 
     variants = convert.parse_variants(args.variant)
-    model = _load_model(args.model)
+    model = load_model(args.model)
     rep = None
     if any(v in convert.NEEDS_DATA for v in variants):
         if not args.rep_data:
@@ -56,7 +46,7 @@ def cmd_parity(args):
     from export.parity import parity_report
     from mghash_tf.data import load_source
 
-    model = _load_model(args.model)
+    model = load_model(args.model)
     image_set = load_source(args.data, image_size=int(model.input_shape[1]))
     result = parity_report(model, _tflite_files(args.tflite_dir), image_set, n_query=args.n_query,
                            n_db=args.n_db, seed=args.seed, num_threads=args.threads)
@@ -82,7 +72,7 @@ def _trained(paths, data_spec) -> list:
                     Path(data_spec.partition(":")[2] or data_spec).resolve():
                 raise SystemExit(f"error: {path} was trained on {trained_on!r}, the bench evaluates on "
                                  f"{data_spec!r}; its records could not be marked trained")
-        models.append(_load_model(path))
+        models.append(load_model(path))
     return models
 
 
@@ -165,11 +155,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    try:
-        args.func(args)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+    return run_command(args.func, args, raise_exit=True)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

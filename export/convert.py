@@ -137,8 +137,6 @@ def convert_model(model, out_dir, *, variants="all", representative=None, conver
 
 def convert_file(model_path, out_dir, **kwargs) -> dict:
     """:func:`convert_model` for a saved ``.keras`` file."""
-    import keras
+    from mghash_tf.model.saving import load_model
 
-    import mghash_tf.model.layers  # noqa: F401  (registers the custom layers for loading)
-
-    return convert_model(keras.saving.load_model(str(model_path), compile=False), out_dir, **kwargs)
+    return convert_model(load_model(model_path), out_dir, **kwargs)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
 
+from mghash_tf.core.commands import run_command
 from mghash_tf.training.config import TrainConfig
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -84,10 +84,11 @@ def cmd_evaluate(args) -> int:
     from pathlib import Path
 
     from mghash_tf.evaluation import evaluate as ev
+    from mghash_tf.model.saving import load_model
     from mghash_tf.evaluation import plots
 
     compared = [json.loads(_evaluation_file(p).read_text()) for p in args.compare]
-    model = ev.load_model(args.model)
+    model = load_model(args.model)
     image_set = ev.load_data(args.data, model)
     granularities = args.granularity.split(",") if args.granularity else None
     result = ev.evaluate(model, image_set, granularities=granularities, baselines=args.baselines,
@@ -144,8 +145,4 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_command(args.func, args)

@@ -140,7 +140,7 @@ def test_train_with_stage1_cache_writes_the_usual_outputs(tmp_path, mobilenet_we
     assert len(metrics["history"]["val_map_fine"]) == 3
     assert 0 <= metrics["test"]["map_fine"] <= 1
     # The saved model is the trained one: reloading gives the same codes.
-    from mghash_tf.evaluation.evaluate import load_model
+    from mghash_tf.model.saving import load_model
     from mghash_tf.model import encode
 
     x = toy_set(size=32).x[:8]

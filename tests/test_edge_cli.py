@@ -16,6 +16,7 @@ from PIL import Image
 from edge_demo import grid, photos
 from edge_demo.cli import main
 from mghash_tf.core.encoder import TFLiteEncoder
+from mghash_tf.core import granularity
 from mghash_tf.core.index import HammingIndex
 from mghash_tf.core.layout import get_layout
 from no_tf import no_tf_env
@@ -223,19 +224,19 @@ def test_query_granularities_match_a_brute_force_reference(library, model, tmp_p
 
 def test_granularity_args_each_form():
     mg = get_layout("mg64")
-    assert photos.granularity_args(mg, None) == {"granularity": None, "weights": None}
-    assert photos.granularity_args(mg, "fine") == {"granularity": None, "weights": None}
-    assert photos.granularity_args(mg, "full") == {"granularity": None, "weights": None}
-    assert photos.granularity_args(mg, "coarse") == {"granularity": "coarse", "weights": None}
-    assert photos.granularity_args(mg, "segment:fine") == {"granularity": "fine", "weights": None}
+    assert granularity.search_args(mg, None) == {"granularity": None, "weights": None}
+    assert granularity.search_args(mg, "fine") == {"granularity": None, "weights": None}
+    assert granularity.search_args(mg, "full") == {"granularity": None, "weights": None}
+    assert granularity.search_args(mg, "coarse") == {"granularity": "coarse", "weights": None}
+    assert granularity.search_args(mg, "segment:fine") == {"granularity": "segment:fine", "weights": None}
     scales = get_layout("scales")
-    assert photos.granularity_args(scales, "mid") == {"granularity": "mid", "weights": None}
-    assert photos.granularity_args(scales, "scales:low=1,mid=0.5") == {
+    assert granularity.search_args(scales, "mid") == {"granularity": "mid", "weights": None}
+    assert granularity.search_args(scales, "scales:low=1,mid=0.5") == {
         "granularity": None, "weights": {"low": 1.0, "mid": 0.5}}
     two_coarse = get_layout({"segments": [{"name": "c1", "bits": 8, "label_level": "coarse"},
                                           {"name": "c2", "bits": 8, "label_level": "coarse"},
                                           {"name": "f", "bits": 16}]})
-    assert photos.granularity_args(two_coarse, "coarse") == {"granularity": ["c1", "c2"], "weights": None}
+    assert granularity.search_args(two_coarse, "coarse") == {"granularity": ["c1", "c2"], "weights": None}
 
 
 @pytest.mark.parametrize("layout, spec, message", [
@@ -253,7 +254,7 @@ def test_granularity_args_each_form():
 ])
 def test_granularity_args_errors(layout, spec, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
-        photos.granularity_args(get_layout(layout), spec)
+        granularity.search_args(get_layout(layout), spec)
 
 
 def test_query_errors_are_clean(library, model, tmp_path, capsys):

@@ -17,7 +17,7 @@ HAMMING_METHODS = METHODS - {"float_cosine"}
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from mghash_tf.evaluation.evaluate import load_model
+    from mghash_tf.model.saving import load_model
     from mghash_tf.training.train import train
 
     out = tmp_path_factory.mktemp("model")

@@ -20,6 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mghash_tf.core.granularity import evaluation_granularities
+from mghash_tf.core.layout import LABEL_LEVELS
+
 logger = logging.getLogger(__name__)
 
 PROTOCOL = ("query = test split, database = train split, relevant = same label at the "
@@ -29,23 +32,7 @@ TOP_K = 100
 RADIUS = 2
 GRID_QUERIES = 6
 GRID_TOP = 10
-_COLUMN = {"fine": 0, "coarse": 1}
 BASELINES = ("lsh", "pca", "itq", "float_cosine")
-
-
-def load_model(model_dir):
-    """The ``model.keras`` of a training output directory (or that file itself)."""
-    import keras
-
-    from mghash_tf.model import layers  # noqa: F401  (registers the custom layers for loading)
-
-    path = Path(model_dir)
-    if path.is_dir():
-        path = path / "model.keras"
-    if not path.is_file():
-        raise FileNotFoundError(f"No model file at {path}: pass a training output directory "
-                                "holding model.keras, or the .keras file")
-    return keras.saving.load_model(str(path), compile=False)
 
 
 def load_data(spec, model):
@@ -73,10 +60,8 @@ def predict(model, images, batch_size: int = 256) -> np.ndarray:
 
 def select_granularities(layout, has_coarse: bool, names=None) -> dict:
     """``{name: (bit indices, label column)}``; ``names`` (None = all) picks some of them."""
-    from mghash_tf.evaluation.retrieval import granularity_bits
-
-    available = {name: (bits, _COLUMN[level]) for name, (bits, level) in granularity_bits(layout).items()
-                 if has_coarse or level != "coarse"}
+    available = {name: (g.bit_indices(), g.label_column)
+                 for name, g in evaluation_granularities(layout, has_coarse=has_coarse).items()}
     if names is None:
         return available
     names = [names] if isinstance(names, str) else list(names)
@@ -192,7 +177,7 @@ def evaluate(model, image_set, *, granularities=None, baselines: bool = True,
         if baselines:
             methods.update(baseline_metrics(q_feat, db_feat, ql[:, col], dl[:, col], len(bits), seed=seed))
         result["granularities"][name] = {
-            "bits": int(len(bits)), "label_level": "fine" if col == 0 else "coarse",
+            "bits": int(len(bits)), "label_level": LABEL_LEVELS[col],
             "methods": methods,
             "examples": retrieval_examples(q_codes[:, bits], db_codes[:, bits], ql[:, col], dl[:, col],
                                            q_index, db_index, seed=seed)}

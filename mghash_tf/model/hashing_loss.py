@@ -6,10 +6,10 @@ import keras
 from keras import ops
 
 from mghash_tf.model import losses
-from mghash_tf.core.layout import LABEL_LEVELS, get_layout
+from mghash_tf.core.granularity import LABEL_COLUMN
+from mghash_tf.core.layout import get_layout
 
 TERMS = ("csq", "margin", "dpsh")
-_LEVEL_COLUMN = {level: i for i, level in enumerate(LABEL_LEVELS)}
 
 
 def parse_terms(spec: str) -> tuple:
@@ -75,7 +75,7 @@ class HashingLoss(keras.losses.Loss):
         total = 0.0
         for seg, start, centers in self._segments:
             h = y_pred[:, start:start + seg.bits]
-            labels = y_true[:, _LEVEL_COLUMN[seg.label_level]]
+            labels = y_true[:, LABEL_COLUMN[seg.label_level]]
             total += seg.weight * self._segment_loss(h, labels, centers)
         total += self.quantization_weight * losses.quantization_loss(y_pred)
         total += self.balance_weight * losses.balance_loss(y_pred)

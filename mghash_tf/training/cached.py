@@ -24,15 +24,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
 
-from mghash_tf.training.config import STAGE1_CACHE
 from mghash_tf.core.layout import STAGES
 from mghash_tf.model import BACKBONE_LAYER, get_layout_of
+from mghash_tf.training.callbacks import RetrievalValidation
+from mghash_tf.training.checkpoints import LOG, BestWeights
+from mghash_tf.training.config import STAGE1_CACHE
+from mghash_tf.training.optimizers import make_optimizer
+from mghash_tf.training.stages import StageOutcome, hashing_loss
 
 logger = logging.getLogger(__name__)
 VIEWS = {"identity": lambda x: x, "hflip": lambda x: x[:, :, ::-1]}
@@ -139,45 +143,15 @@ def predict_cached(head: keras.Model, cached, *, view: int = 0, batch_size: int 
     return np.concatenate(out).astype("float32")
 
 
-class CachedValidation(keras.callbacks.Callback):
-    """``val_map_<granularity>`` per epoch from cached validation queries and database; keeps
-    the weights of the best ``val_map_fine`` epoch and restores them when training ends."""
-
-    def __init__(self, query, query_labels, database, database_labels, layout, *, has_coarse=True):
-        super().__init__()
-        self.query, self.query_labels = query, np.asarray(query_labels)
-        self.database, self.database_labels = database, np.asarray(database_labels)
-        self.layout, self.has_coarse = layout, has_coarse
-        self.best, self.best_epoch, self.best_weights = -math.inf, None, None
-
-    def on_epoch_end(self, epoch, logs=None):
-        from mghash_tf.evaluation.retrieval import evaluate_codes
-
-        q = predict_cached(self.model, self.query)
-        db = predict_cached(self.model, self.database)
-        scores = evaluate_codes(q, db, self.query_labels, self.database_labels, self.layout,
-                                has_coarse=self.has_coarse)
-        if logs is not None:
-            logs.update({f"val_{k}": v for k, v in scores.items()})
-        if scores["map_fine"] > self.best:
-            self.best, self.best_epoch = scores["map_fine"], epoch + 1
-            self.best_weights = self.model.get_weights()
-        logger.info("epoch %d validation %s", epoch + 1, scores)
-
-    def on_train_end(self, logs=None):
-        if self.best_weights is not None:
-            self.model.set_weights(self.best_weights)
-
-
 def train_head(split: SplitModel, train_cached, train_labels, val_cached, val_labels, db_cached, db_labels,
-               config, *, has_coarse: bool = True, num_classes=None, callbacks=(), verbose="auto") -> dict:
+               config, *, has_coarse: bool = True, num_classes=None, callbacks=(), verbose="auto",
+               out: Path | None = None, model: keras.Model | None = None) -> dict:
     """Fit ``split.head`` (and so the full model) on cached arrays; ``config`` is a
-    :class:`~mghash_tf.training.config.TrainConfig` (``frozen_epochs``, ``learning_rate``, ``batch_size``,
-    loss, regularisers, schedule, weight decay, seed). ``num_classes`` defaults to the largest
-    label + 1 per level. Returns the history and the best epoch."""
-    from mghash_tf.model.hashing_loss import HashingLoss
-    from mghash_tf.training.train import _optimizer
-
+    :class:`~mghash_tf.training.config.TrainConfig` (``frozen_epochs``, ``learning_rate``,
+    ``batch_size``, loss, regularisers, schedule, weight decay, seed). ``num_classes`` defaults to
+    the largest label + 1 per level. The best epoch's weights are restored at the end (kept in
+    ``out/best.weights.h5`` as ``model``'s weights when ``out`` is given, else in memory).
+    Returns the history and the best epoch."""
     if split.tail is not None:
         split.tail.trainable = True
         for layer in split.tail.layers:
@@ -188,38 +162,34 @@ def train_head(split: SplitModel, train_cached, train_labels, val_cached, val_la
     labels = np.asarray(train_labels)
     num_classes = num_classes or {"fine": int(labels[:, 0].max()) + 1, "coarse": int(labels[:, 1].max()) + 1}
     batches = CachedBatches(train_cached, labels, batch_size=config.batch_size, seed=config.seed)
-    loss = HashingLoss(layout.to_dict(), num_classes, loss=config.loss,
-                       quantization_weight=config.quantization_weight,
-                       balance_weight=config.balance_weight, seed=config.seed)
-    head.compile(optimizer=_optimizer(config.learning_rate, len(batches) * config.frozen_epochs, config),
-                 loss=loss)
-    validation = CachedValidation(val_cached, val_labels, db_cached, db_labels, layout, has_coarse=has_coarse)
+    head.compile(optimizer=make_optimizer(config, learning_rate=config.learning_rate,
+                                          steps=len(batches) * config.frozen_epochs),
+                 loss=hashing_loss(head, config, num_classes))
+    validation = RetrievalValidation(val_cached, val_labels, db_cached, db_labels, layout,
+                                     has_coarse=has_coarse, predict=predict_cached)
+    best = BestWeights(out, model or head, restore=True)
     start = time.perf_counter()
-    history = head.fit(batches, epochs=config.frozen_epochs, callbacks=[validation, *callbacks], verbose=verbose)
+    history = head.fit(batches, epochs=config.frozen_epochs, callbacks=[validation, best, *callbacks],
+                       verbose=verbose)
     seconds = time.perf_counter() - start
-    return {"history": history.history, "best_epoch": validation.best_epoch,
-            "best_val_map_fine": validation.best, "seconds": seconds,
+    return {"history": history.history, "best_epoch": best.best_epoch,
+            "best_val_map_fine": best.best, "seconds": seconds,
             "items_per_second": len(batches) * config.batch_size * config.frozen_epochs / seconds}
 
 
-
-def run_stage1(model: keras.Model, splits, config, out, *, num_classes=None, verbose="auto"):
-    """Stage 1 of :func:`mghash_tf.training.train.train` on a cached trunk (``config.stage1_cache``):
-    same validation protocol (validation split against a seeded sample of ``val_database_size``
-    training images), rows appended to ``log.csv``, best weights in ``best.weights.h5``.
-    Returns ``(history, [items per second])``."""
+def run_cached(model: keras.Model, stage, ctx) -> StageOutcome:
+    """Stage 1 on a cached trunk (``config.stage1_cache``), behind the stage interface of
+    :mod:`mghash_tf.training.stages`: the same validation protocol, log.csv and best.weights.h5."""
+    config, splits = ctx.config, ctx.splits
     split = split_model(model, train_stages=STAGE1_CACHE.index(config.stage1_cache) - 1)
     views = ("identity", "hflip") if config.augment else ("identity",)
     train_arrays, _ = extract(split.trunk, splits.train.x, views=views)
     val_arrays, _ = extract(split.trunk, splits.val.x)
-    n_train = len(splits.train.y_fine)
-    rng = np.random.default_rng(config.seed)
-    db_idx = np.sort(rng.choice(n_train, min(config.val_database_size, n_train), replace=False))
+    db_idx = ctx.database_indices()
     result = train_head(
         split, train_arrays, splits.train.labels, val_arrays, splits.val.labels,
         [a[:1, db_idx] for a in train_arrays], splits.train.labels[db_idx], config,
-        has_coarse=splits.has_coarse, num_classes=num_classes, verbose=verbose,
-        callbacks=[keras.callbacks.CSVLogger(str(out / "log.csv"), append=True)],
+        has_coarse=splits.has_coarse, num_classes=ctx.num_classes, verbose=ctx.verbose, out=ctx.out, model=model,
+        callbacks=[keras.callbacks.CSVLogger(str(ctx.out / LOG), append=True)],
     )
-    model.save_weights(str(out / "best.weights.h5"))
-    return result["history"], [result["items_per_second"]]
+    return StageOutcome(result["history"], [result["items_per_second"]])

@@ -12,11 +12,9 @@ Output directory::
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -25,9 +23,12 @@ import numpy as np
 
 from mghash_tf import data as data_lib
 from mghash_tf.training.config import TrainConfig
-from mghash_tf.model.hashing_loss import HashingLoss
-from mghash_tf.model import build_model, set_backbone_trainable
-from mghash_tf.evaluation.retrieval import RetrievalValidation, evaluate_codes
+from mghash_tf.evaluation.retrieval import evaluate_codes
+from mghash_tf.model import build_model, encode, get_layout_of
+from mghash_tf.model.saving import save_model_atomic
+from mghash_tf.training import checkpoints
+from mghash_tf.training.cached import run_cached
+from mghash_tf.training.stages import Stage, StageContext, run_full
 
 logger = logging.getLogger(__name__)
 
@@ -74,88 +75,20 @@ def _strategy(name: str):
     return tf.distribute.get_strategy()
 
 
-def _optimizer(lr: float, steps: int, config: TrainConfig):
-    if config.schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(steps, 1), alpha=0.05)
-    return keras.optimizers.AdamW(learning_rate=lr, weight_decay=config.weight_decay)
+def runner_for(stage: Stage, config):
+    """The cached-trunk runner for stage 1 with ``config.stage1_cache``, else the full model."""
+    return run_cached if stage.number == 1 and config.stage1_cache != "none" else run_full
 
 
-class _Throughput(keras.callbacks.Callback):
-    def __init__(self, images_per_epoch):
-        super().__init__()
-        self.images_per_epoch = images_per_epoch
-        self.rates = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.rates.append(self.images_per_epoch / (time.perf_counter() - self._start))
-
-
-def _num_classes(splits: Splits) -> dict:
-    s = splits.train
-    return {"fine": len(s.class_names_fine), "coarse": len(s.class_names_coarse)}
-
-
-def _compile(model, config, splits, lr, steps):
-    loss = HashingLoss(
-        model.get_layer("hash_head").layout, _num_classes(splits), loss=config.loss,
-        quantization_weight=config.quantization_weight, balance_weight=config.balance_weight,
-        seed=config.seed,
-    )
-    model.compile(optimizer=_optimizer(lr, steps, config), loss=loss, jit_compile=config.jit_compile)
-
-
-def _callbacks(out: Path, stage: int, splits: Splits, model, config, throughput):
-    rng = np.random.default_rng(config.seed)
-    n_db = min(config.val_database_size, len(splits.train.y_fine))
-    database = splits.train.subset(np.sort(rng.choice(len(splits.train.y_fine), n_db, replace=False)))
-    from mghash_tf.model import get_layout_of
-
-    # Throughput first, so its epoch end is taken before the validation pass runs.
-    callbacks = [
-        throughput,
-        RetrievalValidation(splits.val, database, get_layout_of(model), has_coarse=splits.has_coarse),
-        keras.callbacks.ModelCheckpoint(
-            str(out / "best.weights.h5"), monitor="val_map_fine", mode="max",
-            save_best_only=True, save_weights_only=True, initial_value_threshold=_best_logged(out),
-        ),
-        keras.callbacks.CSVLogger(str(out / "log.csv"), append=True),
-        keras.callbacks.BackupAndRestore(str(out / "backup" / f"stage{stage}")),
-    ]
-    if config.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(str(out / "tensorboard")))
-    return callbacks
-
-
-def _best_logged(out: Path):
-    """Best ``val_map_fine`` in log.csv, so a later stage or a resumed run only overwrites
-    best.weights.h5 with a better model."""
-    log = out / "log.csv"
-    if not log.exists() or not (out / "best.weights.h5").exists():
-        return None
-    with open(log, newline="") as f:
-        values = [float(r["val_map_fine"]) for r in csv.DictReader(f) if r.get("val_map_fine")]
-    return max(values) if values else None
-
-
-def _run_stage(model, strategy, stage, epochs, initial_epoch, lr, out, splits, config, verbose, pretrained):
-    train_ds = data_lib.make_dataset(
-        splits.train.x, splits.train.labels, batch_size=config.batch_size, shuffle=True,
-        seed=config.seed, augment=config.augment, drop_remainder=True,
-    )
-    steps = max(len(splits.train.y_fine) // config.batch_size, 1)
-    # A backbone trained from scratch has no statistics to protect: its BatchNorm trains too.
-    set_backbone_trainable(model, trainable=(stage == 2 or not pretrained), train_batchnorm=not pretrained)
-    with strategy.scope():
-        _compile(model, config, splits, lr, steps * epochs)
-    throughput = _Throughput(steps * config.batch_size)
-    history = model.fit(
-        train_ds, epochs=initial_epoch + epochs, initial_epoch=initial_epoch, verbose=verbose, shuffle=False,
-        callbacks=_callbacks(out, stage, splits, model, config, throughput),
-    )
-    return history.history, throughput.rates
+def stages_of(config: TrainConfig) -> list:
+    """Stage 1: heads with the backbone frozen; stage 2: end to end at the lower rate."""
+    out = []
+    if config.frozen_epochs:
+        out.append(Stage(1, config.frozen_epochs, 0, config.learning_rate, train_backbone=False))
+    if config.finetune_epochs:
+        out.append(Stage(2, config.finetune_epochs, config.frozen_epochs, config.finetune_learning_rate,
+                         train_backbone=True))
+    return out
 
 
 def train(config: TrainConfig, out_dir, *, image_set=None, verbose="auto") -> TrainResult:
@@ -167,37 +100,27 @@ def train(config: TrainConfig, out_dir, *, image_set=None, verbose="auto") -> Tr
     splits = load_splits(config, image_set)
     logger.info("train %d, val %d, test %d", len(splits.train.y_fine), len(splits.val.y_fine),
                 0 if splits.test is None else len(splits.test.y_fine))
-    pretrained = config.weights is not None
     strategy = _strategy(config.strategy)
     model = _build(config, strategy)
+    ctx = StageContext(config, splits, out, strategy, verbose)
     start = time.perf_counter()
     history, rates = {}, []
-    stage1_done = out / "stage1.weights.h5"
-    if config.frozen_epochs:
-        if stage1_done.exists():
-            model.load_weights(str(stage1_done))
+    for stage in stages_of(config):
+        done = out / checkpoints.STAGE1_WEIGHTS
+        if stage.number == 1 and done.exists():
+            model.load_weights(str(done))
             logger.info("resume: stage 1 already complete")
-        else:
-            if config.stage1_cache != "none":
-                from mghash_tf.training.cached import run_stage1
-
-                h, r = run_stage1(model, splits, config, out, num_classes=_num_classes(splits), verbose=verbose)
-            else:
-                h, r = _run_stage(model, strategy, 1, config.frozen_epochs, 0, config.learning_rate, out, splits,
-                                  config, verbose, pretrained)
-            history.update(h)
-            rates += r
-            model.save_weights(str(stage1_done))
-    if config.finetune_epochs:
-        h, r = _run_stage(model, strategy, 2, config.finetune_epochs, config.frozen_epochs,
-                          config.finetune_learning_rate, out, splits, config, verbose, pretrained)
-        for key, values in h.items():
+            continue
+        outcome = runner_for(stage, config)(model, stage, ctx)
+        for key, values in outcome.history.items():
             history.setdefault(key, []).extend(values)
-        rates += r
+        rates += outcome.rates
+        if stage.number == 1:
+            model.save_weights(str(done))
     train_seconds = time.perf_counter() - start
-    if (out / "best.weights.h5").exists():
-        model.load_weights(str(out / "best.weights.h5"))
-    _atomic_save_model(model, out / "model.keras")
+    if (out / checkpoints.BEST_WEIGHTS).exists():
+        model.load_weights(str(out / checkpoints.BEST_WEIGHTS))
+    save_model_atomic(model, out / "model.keras")
     metrics = _final_metrics(model, splits, history, rates, train_seconds)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return TrainResult(model, metrics, out)
@@ -217,15 +140,7 @@ def _build(config: TrainConfig, strategy):
         keras.mixed_precision.set_global_policy(previous)
 
 
-def _atomic_save_model(model, path: Path):
-    tmp = path.with_name(path.stem + ".tmp.keras")
-    model.save(str(tmp))
-    os.replace(tmp, path)
-
-
 def _final_metrics(model, splits: Splits, history, rates, seconds) -> dict:
-    from mghash_tf.model import encode, get_layout_of
-
     layout = get_layout_of(model)
     db = encode(model, splits.train.x)
     metrics = {

@@ -14,6 +14,7 @@ import logging
 
 import numpy as np
 
+from mghash_tf.core.granularity import SEGMENT_PREFIX
 from mghash_tf.core.index import distance, faiss_export, fileformat, inputs, linear, multigran, topk
 from mghash_tf.core.index.items import ItemData
 from mghash_tf.core.index.mih import MultiIndexHash
@@ -125,8 +126,9 @@ class HammingIndex:
     def search(self, queries, k: int, *, granularity=None, weights=None, method: str = "auto"):
         """k nearest codes per query: ``(D (Q, k), I (Q, k))``, padded with -1 ids.
 
-        ``granularity``: None (full code), a segment name (``"coarse"`` reads only those bits),
-        a list of names, or an int prefix length. ``weights``: ``{segment: weight}``; distances
+        ``granularity``: None or ``"fine"`` (full code), ``"coarse"`` (the coarse-labelled
+        segments), ``"segment:NAME"`` or a bare segment name, a list of those, or an int prefix
+        length (:mod:`mghash_tf.core.granularity`). ``weights``: ``{segment: weight}``; distances
         are then the float64 weighted sums (padding ``inf``), else int32 (padding ``2**31-1``).
         ``method``: ``"linear"`` scan, ``"mih"`` (multi-index hashing, full code only, built on
         first use) or ``"auto"`` (MIH when one has been built, else linear). All are exact.
@@ -172,7 +174,7 @@ class HammingIndex:
         q = self._as_words(queries, "queries")
         k = inputs.check_int("k", k, 1)
         shortlist = inputs.check_int("shortlist", 10 * k if shortlist is None else shortlist, k)
-        coarse = self.layout.names[0] if coarse is None else coarse
+        coarse = SEGMENT_PREFIX + self.layout.names[0] if coarse is None else coarse
         terms = multigran.resolve_terms(self.layout, self.num_bits, coarse)
         _, cand = linear.linear_topk(self._words, q, shortlist, terms)
         D, P = topk.padded(len(q), k)

@@ -1,30 +1,31 @@
 """Multi-granularity search terms: one segment, a prefix, several segments, or weights.
 
-Segment names come from the code layout (``mghash_tf.core.layout``), e.g. ``coarse``/``fine`` for
-semantic granularity or ``low``/``mid``/``high``/``fused`` for scales. A granularity is turned
-into distance *terms* (see ``distance``), so a coarse query reads only the coarse bits.
+Names follow :mod:`mghash_tf.core.granularity` (``fine`` = the whole code, ``coarse`` = the
+coarse-labelled segments, ``segment:NAME`` = one segment). A granularity is turned into
+distance *terms* (see ``distance``), so a coarse query reads only the coarse bits.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from mghash_tf.core import granularity as granularity_lib
 from mghash_tf.core.index import distance
 from mghash_tf.core.layout import CodeLayout
 
 
 def resolve_terms(layout: CodeLayout, num_bits: int, granularity) -> tuple:
-    """Terms for ``granularity``: None (full code), a segment name, a list of names, or an int.
+    """Terms for ``granularity``: None (full code), a granularity name (see
+    :mod:`mghash_tf.core.granularity`: ``fine`` is the whole code, ``coarse`` the coarse-labelled
+    segments, ``segment:NAME`` or a bare name one segment), a list of those, or an int.
 
     An int ``p`` means the prefix of ``p`` bits, bits ``[0, p)``.
     """
     if granularity is None:
         return distance.full_terms(-(-num_bits // 64))
     if isinstance(granularity, str):
-        sl = layout.slice(granularity)
-        return distance.bit_range_terms(sl.start, sl.stop)
+        return _union([distance.bit_range_terms(s.start, s.stop)
+                       for s in granularity_lib.resolve(layout, granularity).slices])
     if isinstance(granularity, (int, np.integer)) and not isinstance(granularity, bool):
         if not 1 <= granularity <= num_bits:
             raise ValueError(
@@ -37,7 +38,7 @@ def resolve_terms(layout: CodeLayout, num_bits: int, granularity) -> tuple:
     ):
         return _union([resolve_terms(layout, num_bits, g) for g in granularity])
     raise TypeError(
-        "`granularity` must be None, a segment name, a list of segment names or a prefix "
+        "`granularity` must be None, a granularity or segment name, a list of them or a prefix "
         f"length in bits. Received: granularity={granularity!r}"
     )
 
@@ -53,26 +54,8 @@ def _union(term_lists) -> tuple:
 
 def resolve_weights(layout: CodeLayout, num_bits: int, weights) -> list:
     """``[(weight, terms), ...]`` for a ``{segment: weight}`` dict; weight-0 segments dropped."""
-    if not isinstance(weights, dict) or not weights:
-        raise TypeError(
-            f"`weights` must be a non-empty dict {{segment: weight}}. Received: weights={weights!r}"
-        )
-    out = []
-    for name, w in weights.items():
-        if not isinstance(w, (int, float, np.integer, np.floating)) or isinstance(w, bool) or (
-            not math.isfinite(w) or w < 0
-        ):
-            raise ValueError(
-                f"Segment weights must be finite numbers >= 0. Received: {name!r}={w!r}"
-            )
-        terms = resolve_terms(layout, num_bits, name) if isinstance(name, str) else None
-        if terms is None:
-            raise TypeError(f"`weights` keys must be segment names. Received: {name!r}")
-        if w > 0:
-            out.append((float(w), terms))
-    if not out:
-        raise ValueError(f"At least one segment weight must be > 0. Received: weights={weights!r}")
-    return out
+    return [(w, resolve_terms(layout, num_bits, granularity_lib.SEGMENT_PREFIX + name))
+            for name, w in granularity_lib.check_weights(layout, weights).items()]
 
 
 def weighted_distances(words: np.ndarray, query: np.ndarray, weighted) -> np.ndarray:
