@@ -122,7 +122,7 @@ def run_dataset(name, args, records, runs, prov):
     from mghash_tf.training.config import TrainConfig
     from mghash_tf.model import build_model, encode, get_layout_of
     from mghash_tf.core.granularity import evaluation_granularities
-    from mghash_tf.training.train import _atomic_save_model
+    from mghash_tf.model.saving import save_model_atomic
 
     rng = np.random.default_rng(args.seed)
     wall = time.perf_counter()
@@ -170,7 +170,7 @@ def run_dataset(name, args, records, runs, prov):
         agreement = float(np.mean(np.sign(encode(model, test.x[:n_check])) == np.sign(codes_q[:n_check])))
         out_dir = args.models / f"{name}_{layout}"
         out_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_save_model(model, out_dir / "model.keras")
+        save_model_atomic(model, out_dir / "model.keras")
         run = {**base, "layout": layout, "bits": int(codes_q.shape[1]), "epochs": args.epochs,
                "best_epoch": fit["best_epoch"], "best_val_map_fine": round(fit["best_val_map_fine"], 5),
                "train_seconds": round(fit["seconds"], 1), "cache_seconds": round(cache_seconds, 1),
@@ -232,7 +232,7 @@ def plot(records, path):
     from mghash_tf.evaluation import plots
 
     panels = sorted({(r["dataset"], r["granularity"]) for r in records})
-    fig, axes = plots._panels(len(panels))
+    fig, axes = plots.panels(len(panels))
     for ax, (dataset, gran) in zip(axes, panels):
         rows = [r for r in records if (r["dataset"], r["granularity"]) == (dataset, gran)]
         series = {}
@@ -251,14 +251,14 @@ def plot(records, path):
             ax.plot(bits, maps, marker="o", label=label, **style)
         ax.set(title=f"{dataset}, {gran} labels", xlabel="bits", ylabel="mAP@all (tie-aware)")
         ax.legend(fontsize=7)
-    return plots._save(fig, path)
+    return plots.save_figure(fig, path)
 
 
 def main(argv=None):
     import json
 
     from export.report import provenance, write_json
-    from export.metadata import write_bytes_atomic
+    from mghash_tf.core.files import write_bytes_atomic
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)

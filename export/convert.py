@@ -20,9 +20,10 @@ import logging
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
+from mghash_tf.core import description
 from mghash_tf.core.encoder import interpreter_class
+from mghash_tf.core.files import write_bytes_atomic
 from export import metadata, quantize
 from export.ops import check_builtin_only, list_ops
 
@@ -108,6 +109,8 @@ def convert_model(model, out_dir, *, variants="all", representative=None, conver
     Returns ``{variant: path}``. Each file carries ``describe(model)`` plus the variant, the
     input/output dtypes and quantisation and the library version (see ``mghash_tf.core.description``).
     """
+    import tensorflow as tf
+
     from mghash_tf.model import describe
 
     variants = parse_variants(variants)
@@ -128,10 +131,11 @@ def convert_model(model, out_dir, *, variants="all", representative=None, conver
             if variant in NEEDS_DATA:
                 settings["representative_count"] = int(len(representative))
             settings["ops"] = list_ops(tflite)
-            desc = metadata.build_description(info, variant=variant, input_detail=in_detail,
-                                              output_detail=out_detail, conversion=settings)
+            desc = description.build_description(info, variant=variant, input_detail=in_detail,
+                                                 output_detail=out_detail, conversion=settings,
+                                                 tensorflow_version=tf.__version__)
             data = metadata.embed_description(tflite, desc)
-            paths[variant] = metadata.write_bytes_atomic(Path(out_dir) / tflite_name(variant), data)
+            paths[variant] = write_bytes_atomic(Path(out_dir) / tflite_name(variant), data)
     return paths
 
 

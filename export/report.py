@@ -9,7 +9,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from export.metadata import write_bytes_atomic
+from mghash_tf.core.files import atomic_path, write_bytes_atomic
 
 
 def machine() -> str:
@@ -111,10 +111,9 @@ def plot_bench(path, records: list) -> Path:
         fig.colorbar(scatter, ax=ax, label="mAP@all (fine labels)")
     ax.set_title("MGHash TFLite variants: size vs latency (colour = mAP; red edge = trained)")
     fig.tight_layout()
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
     return Path(path)
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from mghash_tf.core import description as reader
 from export import convert, metadata
+from mghash_tf.core import files
 
 DESCRIPTION = {
     "format": reader.FORMAT, "format_version": reader.FORMAT_VERSION, "variant": "fp32",
@@ -51,7 +52,7 @@ def _run(tflite: bytes, x: np.ndarray) -> np.ndarray:
 
 def test_round_trip(described, tmp_path):
     assert reader.read_description(described) == DESCRIPTION
-    path = metadata.write_bytes_atomic(tmp_path / "m.tflite", described)
+    path = files.write_bytes_atomic(tmp_path / "m.tflite", described)
     assert reader.read_description(path) == DESCRIPTION
     assert reader.read_description(str(path)) == DESCRIPTION
     assert [p.name for p in tmp_path.iterdir()] == ["m.tflite"]  # no temp file left behind
@@ -150,5 +151,5 @@ def test_atomic_write_keeps_old_file_when_replace_fails(tmp_path, monkeypatch, d
 
     monkeypatch.setattr(os, "replace", fail)
     with pytest.raises(OSError, match="disk full"):
-        metadata.write_bytes_atomic(target, described)
+        files.write_bytes_atomic(target, described)
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["m.tflite"]

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mghash_tf.core import files
 from mghash_tf.core.index import HammingIndex, fileformat
 from mghash_tf.core.layout import get_layout
 
@@ -148,7 +149,7 @@ def test_failed_save_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(fileformat.os, "replace", broken_replace)
+    monkeypatch.setattr(files.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         small_index(50, seed=2).save(path)
     assert path.read_bytes() == before

@@ -1,8 +1,9 @@
-"""Read the model description embedded in a ``.tflite`` file. Standard library only.
+"""The model description embedded in a ``.tflite`` file: its format, its JSON (the writer's half;
+``export.metadata`` puts it into the FlatBuffer) and its reader. Standard library and NumPy only.
 
 A TFLite file is a FlatBuffer whose root ``Model`` table holds ``metadata``: a vector of
 ``(name, buffer index)`` pairs pointing into the ``buffers`` vector. Our entry is named
-``mghash_description``; its buffer holds UTF-8 JSON (``export.metadata`` writes it). Only those
+``mghash_description``; its buffer holds UTF-8 JSON (:func:`unsealed_text`, embedded by ``export.metadata``). Only those
 few tables are needed, so this reader walks them by hand instead of pulling in a FlatBuffers
 runtime, and bounds-checks every offset: a damaged file must fail with ValueError, never read
 past its end.
@@ -30,6 +31,10 @@ import hashlib
 import json
 import os
 import struct
+
+import numpy as np
+
+from mghash_tf import __version__
 
 METADATA_NAME = "mghash_description"
 FORMAT = "mghash_description"
@@ -214,3 +219,51 @@ def read_description(source, *, verify: bool = True) -> dict:
     omits the ``integrity`` entry.
     """
     return read_model(source, verify=verify)[1]
+
+
+# --- the writer's JSON half (the FlatBuffer half is export.metadata) ---------------------------
+
+def tensor_info(detail: dict) -> tuple:
+    """(dtype name, quantisation dict or None) from an interpreter's input/output detail."""
+    scale, zero_point = detail["quantization"]
+    quant = None if scale == 0 else {"scale": float(scale), "zero_point": int(zero_point)}
+    return np.dtype(detail["dtype"]).name, quant
+
+
+def build_description(model_info: dict, *, variant: str, input_detail: dict, output_detail: dict,
+                      conversion: dict | None = None, tensorflow_version: str | None = None) -> dict:
+    """The JSON-able description of one exported variant.
+
+    Args:
+        model_info: ``mghash_tf.model.describe(model)`` (layout, bits, input size, fingerprint...).
+        variant: the export variant name.
+        input_detail / output_detail: the converted model's interpreter tensor details.
+        conversion: converter settings worth recording (representative count, float head...).
+        tensorflow_version: the converter's TensorFlow version.
+    """
+    in_dtype, in_quant = tensor_info(input_detail)
+    out_dtype, out_quant = tensor_info(output_detail)
+    return {
+        **model_info,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "variant": variant,
+        "input_dtype": in_dtype,
+        "input_quantization": in_quant,
+        "output_dtype": out_dtype,
+        "output_quantization": out_quant,
+        "library_version": __version__,
+        "tensorflow_version": tensorflow_version,
+        "conversion": dict(conversion or {}),
+    }
+
+
+def unsealed_text(description: dict) -> str:
+    """The JSON to embed: ``description`` plus ``integrity`` with the :data:`PLACEHOLDER` digest,
+    keys sorted, no spaces (the writer then hashes the file and fills the digest in)."""
+    if not isinstance(description, dict) or "integrity" in description:
+        raise ValueError("`description` must be a dict without an 'integrity' key (it is added here). "
+                         f"Received: {type(description).__name__}")
+    sealed = {**description, "integrity": {"algorithm": "sha256", "sha256": PLACEHOLDER,
+                                           "scope": "whole file, this digest read as 64 zeros"}}
+    return json.dumps(sealed, sort_keys=True, ensure_ascii=True, separators=(",", ":"))

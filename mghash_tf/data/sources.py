@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mghash_tf.core.files import atomic_open
 from mghash_tf.core.images import decode_files, decode_image, resize_images
 
 logger = logging.getLogger(__name__)
@@ -100,10 +101,8 @@ def _cached(npz, path, cache_dir):
         cache_dir.mkdir(parents=True, exist_ok=True)
         for stale in cache_dir.glob(f"{stem}-*.x.npy"):
             stale.unlink(missing_ok=True)
-        tmp = cache_dir / f"{target.name}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
+        with atomic_open(target) as f:  # a crash never leaves a half-written cache entry
             np.save(f, x)
-        os.replace(tmp, target)  # atomic: a crash never leaves a half-written cache entry
         logger.info("cached the pixels of %s in %s", path, target)
     except OSError as e:
         logger.warning("could not cache %s in %s: %s", path, cache_dir, e)

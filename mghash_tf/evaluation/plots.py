@@ -16,6 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
+from mghash_tf.core.files import atomic_path  # noqa: E402
+
 logger = logging.getLogger(__name__)
 
 DPI = 100
@@ -28,16 +30,18 @@ METHOD_STYLE = {"mghash": dict(color="black", lw=2.2), "itq": dict(color="tab:bl
                 "float_cosine": dict(color="tab:purple", ls="--")}
 
 
-def _save(fig, path) -> Path:
+def save_figure(fig, path) -> Path:
+    """Write ``fig`` as a PNG atomically and close it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=DPI)
     plt.close(fig)
     logger.info("wrote %s", path)
     return path
 
 
-def _panels(count: int):
+def panels(count: int):
+    """A figure with ``count`` panels side by side and their axes."""
     fig, axes = plt.subplots(1, count, figsize=(PANEL_SIZE[0] * count, PANEL_SIZE[1]), squeeze=False)
     return fig, axes[0]
 
@@ -48,7 +52,7 @@ def pr_curves(result: dict, path) -> Path:
     grans = result["granularities"]
     if not grans:
         raise ValueError("`result` has no granularities to plot. Received: granularities={}")
-    fig, axes = _panels(len(grans))
+    fig, axes = panels(len(grans))
     for ax, (name, g) in zip(axes, grans.items()):
         for method, m in g["methods"].items():
             style = METHOD_STYLE.get(method, {})
@@ -63,7 +67,7 @@ def pr_curves(result: dict, path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def map_vs_bits(results: list, path, *, granularity: str = "fine") -> Path:
@@ -80,7 +84,7 @@ def map_vs_bits(results: list, path, *, granularity: str = "fine") -> Path:
     if not series:
         raise ValueError(f"No result has granularity {granularity!r} to plot. "
                          f"Received: {len(results)} results")
-    fig, axes = _panels(1)
+    fig, axes = panels(1)
     ax = axes[0]
     for method, points in series.items():
         bits, maps = zip(*sorted(points))
@@ -91,7 +95,7 @@ def map_vs_bits(results: list, path, *, granularity: str = "fine") -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def retrieval_grid(images, examples: list, path, *, title: str = "") -> Path:
@@ -119,7 +123,7 @@ def retrieval_grid(images, examples: list, path, *, title: str = "") -> Path:
                 spine.set_linewidth(1.5 if relevant is None else 3)
         axes[r][0].set_ylabel("query", fontsize=7)
     fig.suptitle(title or "query, then top results (green = relevant, red = not)", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def robustness(result: dict, path, *, granularity: str = "fine") -> Path:
@@ -127,7 +131,7 @@ def robustness(result: dict, path, *, granularity: str = "fine") -> Path:
     rob = result.get("robustness")
     if not rob:
         raise ValueError("`result` has no robustness section: evaluate with robustness=True.")
-    fig, axes = _panels(1)
+    fig, axes = panels(1)
     ax = axes[0]
     severities = [0]
     for name, per_gran in rob.items():
@@ -140,4 +144,4 @@ def robustness(result: dict, path, *, granularity: str = "fine") -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -21,13 +21,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from mghash_tf.core.files import atomic_open
 from mghash_tf.core.layout import CodeLayout
 
 MAGIC = b"\x89MGHIDX\n"
@@ -82,22 +81,12 @@ def write_container(path, header: dict, sections) -> None:
     payloads = [(name, _encode(value)) for name, value in sections]
     header = dict(header, sections=[dict(meta, name=name) for name, (meta, _) in payloads])
     head = json.dumps(header, sort_keys=True).encode("utf-8")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            digest = hashlib.sha256()
-            for chunk in _chunks(head, payloads):
-                f.write(chunk)
-                digest.update(chunk)
-            f.write(digest.digest())
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with atomic_open(path) as f:
+        digest = hashlib.sha256()
+        for chunk in _chunks(head, payloads):
+            f.write(chunk)
+            digest.update(chunk)
+        f.write(digest.digest())
 
 
 def read_container(path):
@@ -193,14 +182,3 @@ def _is_count(x) -> bool:
 
 def _align(n: int) -> int:
     return -(-n // 8) * 8
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable. Not possible on Windows, where os.replace is durable enough."""
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
