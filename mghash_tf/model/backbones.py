@@ -4,40 +4,53 @@ The stages are the last three resolution levels of the network (strides 8, 16 an
 ImageNet models). For ``keras.applications`` models they are found from the graph: the last
 layer at each output resolution, so one rule covers MobileNet, EfficientNet and ResNet without
 hand-kept layer-name tables that break between Keras releases.
+
+Backbones register by name (:func:`register_backbone`); ``build_model`` and ``TrainConfig``
+accept any registered name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
+from typing import Callable
 
 import keras
 
-from mghash_tf.training.config import BACKBONES
 
 logger = logging.getLogger(__name__)
 
-# Which normalisation the backbone expects on 0..255 RGB input (see layers.PixelPreprocessing).
-PREPROCESSING = {
-    "small_cnn": "unit",
-    "mobilenet_v2": "symmetric",
-    "mobilenet_v3_small": "none",
-    "mobilenet_v3_large": "none",
-    "efficientnet_v2_b0": "none",
-    "resnet50": "caffe",
-}
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    """``build(image_size, weights)`` -> a model mapping preprocessed images to ``[low, mid,
+    high]``; ``preprocessing``: the normalisation it expects on 0..255 RGB input (see
+    ``layers.PixelPreprocessing``); ``pretrained``: whether it accepts ``weights``."""
+
+    build: Callable
+    preprocessing: str
+    pretrained: bool = True
 
 
-def _applications_constructor(name):
-    apps = keras.applications
-    return {
-        "mobilenet_v2": apps.MobileNetV2,
-        "mobilenet_v3_small": apps.MobileNetV3Small,
-        "mobilenet_v3_large": apps.MobileNetV3Large,
-        "efficientnet_v2_b0": apps.EfficientNetV2B0,
-        "resnet50": apps.ResNet50,
-    }[name]
+_REGISTRY: dict = {}
+
+
+def register_backbone(name: str, build: Callable, *, preprocessing: str, pretrained: bool = True) -> None:
+    """Make ``name`` a ``backbone`` choice of ``build_model`` and ``TrainConfig``."""
+    if name in _REGISTRY:
+        raise ValueError(f"Backbone {name!r} is already registered. Received: name={name!r}")
+    _REGISTRY[name] = BackboneSpec(build, preprocessing, pretrained)
+
+
+def backbone_names() -> tuple:
+    return tuple(_REGISTRY)
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    if name not in _REGISTRY:
+        raise ValueError(f"`backbone` must be one of {backbone_names()}. Received: backbone={name!r}")
+    return _REGISTRY[name]
 
 
 def _check_weights(weights):
@@ -99,26 +112,40 @@ def stage_layers(model: keras.Model, image_size: int) -> list:
     return [last[k] for k in keys[-3:]]
 
 
+def _application(name: str, constructor: str, *, include_preprocessing: bool = False) -> Callable:
+    def build(image_size: int, weights) -> keras.Model:
+        # MobileNetV3/EfficientNet normalise inside; PixelPreprocessing then passes pixels through.
+        kwargs = {"include_preprocessing": True} if include_preprocessing else {}
+        base = getattr(keras.applications, constructor)(
+            input_shape=(image_size, image_size, 3), include_top=False, weights=_check_weights(weights),
+            **kwargs,
+        )
+        outputs = [base.get_layer(n).output for n in stage_layers(base, image_size)]
+        logger.debug("backbone %s stages: %s", name, [o.shape for o in outputs])
+        return keras.Model(base.inputs, outputs, name=f"backbone_{name}")
+
+    return build
+
+
 def build_backbone(name: str, image_size: int, weights=None) -> keras.Model:
     """A model mapping preprocessed images to ``[low, mid, high]`` feature maps."""
-    if name not in BACKBONES:
-        raise ValueError(f"`backbone` must be one of {BACKBONES}. Received: backbone={name!r}")
+    spec = get_backbone(name)
     if not isinstance(image_size, int) or image_size < 16:
         raise ValueError(f"`image_size` must be an int >= 16. Received: image_size={image_size!r}")
-    if name == "small_cnn":
-        if weights is not None:
-            raise ValueError(f"`small_cnn` trains from scratch. Received: weights={weights!r}")
-        return small_cnn(image_size)
-    kwargs = {}
-    if name.startswith(("mobilenet_v3", "efficientnet")):
-        # These applications normalise inside; PixelPreprocessing then passes pixels through.
-        kwargs["include_preprocessing"] = True
-    base = _applications_constructor(name)(
-        input_shape=(image_size, image_size, 3),
-        include_top=False,
-        weights=_check_weights(weights),
-        **kwargs,
-    )
-    outputs = [base.get_layer(n).output for n in stage_layers(base, image_size)]
-    logger.debug("backbone %s stages: %s", name, [o.shape for o in outputs])
-    return keras.Model(base.inputs, outputs, name=f"backbone_{name}")
+    if not spec.pretrained and weights is not None:
+        raise ValueError(f"`{name}` trains from scratch. Received: weights={weights!r}")
+    return spec.build(image_size, weights)
+
+
+register_backbone("small_cnn", lambda image_size, weights: small_cnn(image_size), preprocessing="unit",
+                  pretrained=False)
+# (name, keras.applications constructor, preprocessing, normalises inside)
+for _name, _constructor, _preprocessing, _inside in (
+    ("mobilenet_v2", "MobileNetV2", "symmetric", False),
+    ("mobilenet_v3_small", "MobileNetV3Small", "none", True),
+    ("mobilenet_v3_large", "MobileNetV3Large", "none", True),
+    ("efficientnet_v2_b0", "EfficientNetV2B0", "none", True),
+    ("resnet50", "ResNet50", "caffe", False),
+):
+    register_backbone(_name, _application(_name, _constructor, include_preprocessing=_inside),
+                      preprocessing=_preprocessing)

@@ -25,7 +25,7 @@ def build_model(
     """Pixels (B, input_size, input_size, 3) in [0, 255] -> relaxed codes (B, K) in (-1, 1).
 
     Args:
-        backbone: one of ``backbones.BACKBONES``.
+        backbone: a registered name (``backbones.backbone_names()``).
         layout: a preset name, int K, dict or ``CodeLayout``.
         image_size: side the backbone sees (the model resizes to it internally).
         input_size: side of the pixels the model takes; defaults to ``image_size``. Training on
@@ -39,7 +39,7 @@ def build_model(
         raise ValueError(f"`input_size` must be an int >= 8. Received: input_size={input_size!r}")
     pixels = keras.Input((input_size, input_size, 3), name="pixels")
     x = PixelPreprocessing(
-        image_size, backbones_lib.PREPROCESSING[backbone], name="preprocessing"
+        image_size, backbones_lib.get_backbone(backbone).preprocessing, name="preprocessing"
     )(pixels)
     net = backbones_lib.build_backbone(backbone, image_size, weights)
     features = keras.Model(net.inputs, net.outputs, name=BACKBONE_LAYER)(x)

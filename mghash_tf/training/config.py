@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 
 from mghash_tf.core.layout import get_layout
+from mghash_tf.model.backbones import backbone_names
 
-BACKBONES = ("small_cnn", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
-             "efficientnet_v2_b0", "resnet50")
 SCHEDULES = ("cosine", "constant")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 STAGE1_CACHE = ("none", "heads", "last_stage", "last_two_stages")
@@ -58,7 +57,7 @@ class TrainConfig:
     stage1_cache: str = "none"
 
     def __post_init__(self):
-        _check_choice("backbone", self.backbone, BACKBONES)
+        _check_choice("backbone", self.backbone, backbone_names())
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("strategy", self.strategy, STRATEGIES)
         _check_choice("stage1_cache", self.stage1_cache, STAGE1_CACHE)
