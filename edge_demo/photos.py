@@ -176,15 +176,13 @@ def prepare_query(source, input_size: int) -> np.ndarray:
         raise ValueError(f"Cannot read the query image {source}: {type(e).__name__}: {e}") from None
 
 
-def query_image(source, index, encoder, k: int = 10, granularity=None, *, cascade: bool = False,
-                shortlist: int | None = None, timings: dict | None = None) -> list:
-    """``[(name, distance), ...]`` of the ``k`` nearest photos to ``source`` (path or array).
-
-    ``granularity`` is a spec for :func:`mghash_tf.core.granularity.search_args`. ``cascade``: shortlist by the coarse
-    segment, re-rank by the whole code (``granularity`` must then be the whole code).
-    ``timings``, when given, receives ``decode_ms``, ``encode_ms`` and ``search_ms``.
+def search_image(source, index, encoder, k: int, args: dict, *, cascade: bool = False,
+                 shortlist: int | None = None, timings: dict | None = None) -> tuple:
+    """``(D, I)`` of the one query ``source`` (path, file object or array): decoded by the
+    indexing rules, encoded, searched with ``args`` (:func:`~mghash_tf.core.granularity.search_args`).
+    ``cascade``: shortlist by the coarse segment, re-rank by the whole code (``args`` must then be
+    the whole code). ``timings``, when given, receives ``decode_ms``, ``encode_ms``, ``search_ms``.
     """
-    args = granularity_lib.search_args(index.layout, granularity)
     t0 = time.perf_counter()
     image = prepare_query(source, encoder.input_size)
     t1 = time.perf_counter()
@@ -193,7 +191,7 @@ def query_image(source, index, encoder, k: int = 10, granularity=None, *, cascad
     if cascade:
         if args["granularity"] is not None or args["weights"] is not None:
             raise ValueError("--cascade ranks by the whole code; it takes no other granularity. "
-                             f"Received: granularity={granularity!r}")
+                             f"Received: granularity={args['granularity']!r}, weights={args['weights']!r}")
         coarse = "coarse" if granularity_lib.coarse_segments(index.layout) else None
         D, I = index.cascade(code, k, coarse=coarse, shortlist=shortlist)
     else:
@@ -201,5 +199,16 @@ def query_image(source, index, encoder, k: int = 10, granularity=None, *, cascad
     t3 = time.perf_counter()
     if timings is not None:
         timings.update(decode_ms=(t1 - t0) * 1e3, encode_ms=(t2 - t1) * 1e3, search_ms=(t3 - t2) * 1e3)
-    keep = I[0] >= 0
-    return list(zip(index.names_of(I[0][keep]), D[0][keep].tolist()))
+    return D[0], I[0]
+
+
+def query_image(source, index, encoder, k: int = 10, granularity=None, *, cascade: bool = False,
+                shortlist: int | None = None, timings: dict | None = None) -> list:
+    """``[(name, distance), ...]`` of the ``k`` nearest photos to ``source`` (path or array);
+    ``granularity`` is a spec for :func:`mghash_tf.core.granularity.search_args`, the rest as
+    in :func:`search_image`."""
+    args = granularity_lib.search_args(index.layout, granularity)
+    D, I = search_image(source, index, encoder, k, args, cascade=cascade, shortlist=shortlist,
+                        timings=timings)
+    keep = I >= 0
+    return list(zip(index.names_of(I[keep]), D[keep].tolist()))
