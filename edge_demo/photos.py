@@ -138,7 +138,7 @@ def index_folder(root, encoder, out_path, *, progress=None) -> dict:
     rebuilt = index is None and out_path.exists()
     todo, stale, changed = _plan(index, found)
     if index is None:
-        index = HammingIndex(encoder.bits, encoder.layout, fingerprint=fingerprint)
+        index = HammingIndex(encoder.layout.bits, encoder.layout, fingerprint=fingerprint)
     words, done, skipped = _encode_files(root, todo, encoder, progress)
     removed = index.remove(stale) if len(stale) else 0
     if len(done):

@@ -76,7 +76,7 @@ class TFLiteEncoder:
         data, self.description = read_model(path)
         self.layout = CodeLayout.from_dict(self.description["layout"])
         self.input_size = int(self.description["input_size"])
-        self.bits = int(self.description["bits"])
+        self.bits = self.layout.bits
         self._interpreter = interpreter_class()(model_content=data, num_threads=num_threads)
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]

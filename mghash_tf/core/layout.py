@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Iterable, Sequence
 
 STAGES = ("low", "mid", "high")
 LABEL_LEVELS = ("fine", "coarse")
@@ -165,9 +164,3 @@ def get_layout(spec) -> CodeLayout:
         f"`layout` must be a preset name {sorted(PRESETS)}, 'plainK', an int, or a dict. "
         f"Received: layout={spec!r}"
     )
-
-
-def segment_bits(layout: CodeLayout, names: Iterable[str] | None = None) -> Sequence[slice]:
-    """Bit slices for ``names`` (all segments when None), in layout order."""
-    wanted = layout.names if names is None else tuple(names)
-    return [layout.slice(n) for n in wanted]

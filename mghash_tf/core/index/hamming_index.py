@@ -152,7 +152,7 @@ class HammingIndex:
                 )
             D, P = (self._mih or self.build_mih()).search(q, k)
         else:
-            terms = multigran.resolve_terms(self.layout, self.num_bits, granularity)
+            terms = multigran.resolve_terms(self.layout, granularity)
             D, P = linear.linear_topk(self._words, q, k, terms)
         return D, self._ids_at(P)
 
@@ -163,7 +163,7 @@ class HammingIndex:
         """
         q = self._as_words(queries, "queries")
         radius = inputs.check_int("radius", radius, 0)
-        terms = multigran.resolve_terms(self.layout, self.num_bits, granularity)
+        terms = multigran.resolve_terms(self.layout, granularity)
         lims, D, P = linear.linear_range(self._words, q, radius, terms)
         return lims, D, self._ids_at(P)
 
@@ -175,7 +175,7 @@ class HammingIndex:
         k = inputs.check_int("k", k, 1)
         shortlist = inputs.check_int("shortlist", 10 * k if shortlist is None else shortlist, k)
         coarse = SEGMENT_PREFIX + self.layout.names[0] if coarse is None else coarse
-        terms = multigran.resolve_terms(self.layout, self.num_bits, coarse)
+        terms = multigran.resolve_terms(self.layout, coarse)
         _, cand = linear.linear_topk(self._words, q, shortlist, terms)
         D, P = topk.padded(len(q), k)
         full = distance.full_terms(self._num_words)
@@ -215,7 +215,7 @@ class HammingIndex:
         return faiss_export.to_faiss(self, kind, **kwargs)
 
     def _weighted_topk(self, q, k, weights):
-        weighted = multigran.resolve_weights(self.layout, self.num_bits, weights)
+        weighted = multigran.resolve_weights(self.layout, weights)
         D, P = topk.padded(len(q), k, dtype=np.float64)
         for i in range(len(q)):
             dist = multigran.weighted_distances(self._words, q[i], weighted)

@@ -14,13 +14,14 @@ from mghash_tf.core.index import distance
 from mghash_tf.core.layout import CodeLayout
 
 
-def resolve_terms(layout: CodeLayout, num_bits: int, granularity) -> tuple:
+def resolve_terms(layout: CodeLayout, granularity) -> tuple:
     """Terms for ``granularity``: None (full code), a granularity name (see
     :mod:`mghash_tf.core.granularity`: ``fine`` is the whole code, ``coarse`` the coarse-labelled
     segments, ``segment:NAME`` or a bare name one segment), a list of those, or an int.
 
     An int ``p`` means the prefix of ``p`` bits, bits ``[0, p)``.
     """
+    num_bits = layout.bits
     if granularity is None:
         return distance.full_terms(-(-num_bits // 64))
     if isinstance(granularity, str):
@@ -36,7 +37,7 @@ def resolve_terms(layout: CodeLayout, num_bits: int, granularity) -> tuple:
     if isinstance(granularity, (list, tuple)) and granularity and all(
         isinstance(g, str) for g in granularity
     ):
-        return _union([resolve_terms(layout, num_bits, g) for g in granularity])
+        return _union([resolve_terms(layout, g) for g in granularity])
     raise TypeError(
         "`granularity` must be None, a granularity or segment name, a list of them or a prefix "
         f"length in bits. Received: granularity={granularity!r}"
@@ -52,9 +53,9 @@ def _union(term_lists) -> tuple:
     return tuple((w, None if m == ~np.uint64(0) else m) for w, m in sorted(masks.items()))
 
 
-def resolve_weights(layout: CodeLayout, num_bits: int, weights) -> list:
+def resolve_weights(layout: CodeLayout, weights) -> list:
     """``[(weight, terms), ...]`` for a ``{segment: weight}`` dict; weight-0 segments dropped."""
-    return [(w, resolve_terms(layout, num_bits, granularity_lib.SEGMENT_PREFIX + name))
+    return [(w, resolve_terms(layout, granularity_lib.SEGMENT_PREFIX + name))
             for name, w in granularity_lib.check_weights(layout, weights).items()]
 
 
