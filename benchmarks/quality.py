@@ -119,6 +119,7 @@ def run_dataset(name, args, records, runs, prov):
     import keras
 
     from mghash_tf.training import cached
+    from mghash_tf.training.callbacks import validation_database
     from mghash_tf.training.config import TrainConfig
     from mghash_tf.model import build_model, encode, get_layout_of
     from mghash_tf.core.granularity import evaluation_granularities
@@ -136,7 +137,7 @@ def run_dataset(name, args, records, runs, prov):
     cache_seconds = time.perf_counter() - start
     labels = train.labels
     # Validation queries search a fixed sample of the fitting images (first view only).
-    val_db_idx = np.sort(rng.choice(len(fit_idx), min(VAL_DATABASE, len(fit_idx)), replace=False))
+    val_db_idx = validation_database(len(fit_idx), VAL_DATABASE, rng)
     val_db = [a[:1, val_db_idx] for a in c_fit]
     db_labels, q_labels = labels, test.labels
 
