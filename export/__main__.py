@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from mghash_tf.core.commands import run_command
-from mghash_tf.model.saving import load_model
 
 DEFAULT_DATA = "npz:../shared/data/cifar10.npz"
 
@@ -18,13 +17,14 @@ DEFAULT_DATA = "npz:../shared/data/cifar10.npz"
 def cmd_convert(args):
     from export import convert, quantize
     from mghash_tf.model import describe
+    from mghash_tf.model.saving import load_model
 
     variants = convert.parse_variants(args.variant)
     model = load_model(args.model)
     rep = None
     if any(v in convert.NEEDS_DATA for v in variants):
         if not args.rep_data:
-            raise SystemExit(f"error: variants {variants} include integer ones: pass --rep-data SPEC "
+            raise ValueError(f"variants {variants} include integer ones: pass --rep-data SPEC "
                              "(training images for calibration)")
         rep = quantize.representative_images(args.rep_data, args.rep_count, describe(model)["input_size"],
                                              seed=args.seed)
@@ -37,7 +37,7 @@ def cmd_convert(args):
 def _tflite_files(dirs) -> list:
     files = [p for d in dirs for p in sorted(Path(d).glob("model_*.tflite"))]
     if not files:
-        raise SystemExit(f"error: no model_*.tflite files in {list(dirs)}")
+        raise ValueError(f"no model_*.tflite files in {list(dirs)}")
     return files
 
 
@@ -45,6 +45,7 @@ def cmd_parity(args):
     from export import report
     from export.parity import parity_report
     from mghash_tf.data import load_source
+    from mghash_tf.model.saving import load_model
 
     model = load_model(args.model)
     image_set = load_source(args.data, image_size=int(model.input_shape[1]))
@@ -63,6 +64,8 @@ def cmd_parity(args):
 
 def _trained(paths, data_spec) -> list:
     """Models given with --trained; a training folder's config.json must name the bench data."""
+    from mghash_tf.model.saving import load_model
+
     models = []
     for path in paths:
         config = Path(path) / "config.json"
@@ -70,7 +73,7 @@ def _trained(paths, data_spec) -> list:
             trained_on = json.loads(config.read_text()).get("data", "")
             if Path(trained_on.partition(":")[2] or trained_on).resolve() != \
                     Path(data_spec.partition(":")[2] or data_spec).resolve():
-                raise SystemExit(f"error: {path} was trained on {trained_on!r}, the bench evaluates on "
+                raise ValueError(f"{path} was trained on {trained_on!r}, the bench evaluates on "
                                  f"{data_spec!r}; its records could not be marked trained")
         models.append(load_model(path))
     return models

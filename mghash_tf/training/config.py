@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 from mghash_tf.core.layout import get_layout
-from mghash_tf.model.backbones import backbone_names
 
 SCHEDULES = ("cosine", "constant")
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -57,6 +56,8 @@ class TrainConfig:
     stage1_cache: str = "none"
 
     def __post_init__(self):
+        from mghash_tf.model.backbones import backbone_names  # Keras: only when a config is made
+
         _check_choice("backbone", self.backbone, backbone_names())
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("strategy", self.strategy, STRATEGIES)
