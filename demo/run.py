@@ -41,11 +41,11 @@ def write_photo_folder(image_set, root: Path) -> list:
     return names
 
 
-def index_map(index, query_codes, query_labels, name_labels: dict, granularity_args: dict) -> float:
+def index_map(index, query_codes, query_labels, name_labels: dict, search_args: dict) -> float:
     """mAP@all from the index's own ranking (ties by insertion order, as in metrics)."""
     from mghash_tf.core.ranking import ap_stable
 
-    _, ids = index.search(query_codes, len(index), **granularity_args)
+    _, ids = index.search(query_codes, len(index), **search_args)
     db_labels = np.array([name_labels[n] for n in index.names_of(ids.ravel())]).reshape(ids.shape)
     relevant = db_labels == query_labels[:, None]
     total = relevant.sum(axis=1)
@@ -58,19 +58,17 @@ def _print_maps(title, scores):
 
 
 def run_demo(out_dir, *, epochs: int | None = None, verbose=2) -> dict:
-    from mghash_tf.core.encoder import TFLiteEncoder
     from edge_demo.photos import index_folder, load_index_for, query_image
-    from mghash_tf.core.granularity import search_args
     from export.convert import convert_model
-    from mghash_tf.training.train import train
+    from mghash_tf.core.encoder import TFLiteEncoder
+    from mghash_tf.core.granularity import search_args
+    from mghash_tf.training.train import load_splits, train
 
     out = Path(out_dir)
     start = time.perf_counter()
     print(f"[1/4] training small_cnn, mg64 layout, on the embedded CIFAR-10 sample -> {out}")
     result = train(demo_config(epochs), out / "run", verbose=verbose)
     _print_maps("Keras test mAP@all (query = test, database = train)", result.metrics["test"])
-
-    from mghash_tf.training.train import load_splits
 
     splits = load_splits(demo_config(epochs))
     print("[2/4] exporting int8 TFLite (representative data from the training split)")
