@@ -19,6 +19,8 @@ from typing import Callable
 
 import keras
 
+from mghash_tf.model.fast_cnn import fast_cnn
+
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +140,8 @@ def build_backbone(name: str, image_size: int, weights=None) -> keras.Model:
 
 
 register_backbone("small_cnn", lambda image_size, weights: small_cnn(image_size), preprocessing="unit",
+                  pretrained=False)
+register_backbone("fast_cnn", lambda image_size, weights: fast_cnn(image_size), preprocessing="unit",
                   pretrained=False)
 # (name, keras.applications constructor, preprocessing, normalises inside)
 for _name, _constructor, _preprocessing, _inside in (

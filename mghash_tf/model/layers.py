@@ -9,6 +9,14 @@ from keras import ops
 PACKAGE = "mghash_tf"
 
 
+def walk(model: keras.Model):
+    """Every layer of ``model``, those of nested models included (depth first)."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from walk(layer)
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class SpatialAttentionPooling(keras.layers.Layer):
     """``A = sigmoid(Conv1x1(F))``; returns ``GAP(F * A)`` of shape (B, C).
@@ -142,4 +150,42 @@ class PixelPreprocessing(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update({"image_size": self.image_size, "normalisation": self.normalisation})
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PatchWhitening(keras.layers.Layer):
+    """Unpadded ``patch_size`` x ``patch_size`` convolution to ``2 * patch_size**2 * C`` channels
+    whose kernel and bias are fixed: set from training images by
+    :func:`mghash_tf.model.fast_cnn.init_whitening`, stored in the model, never trained (they are
+    non-trainable weights, so unfreezing the backbone leaves them alone).
+
+    Args:
+        patch_size: side of the patches (2 in airbench).
+    """
+
+    def __init__(self, patch_size=2, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size = int(patch_size)
+
+    def build(self, input_shape):
+        p, c = self.patch_size, input_shape[-1]
+        self.kernel = self.add_weight(shape=(p, p, c, 2 * p * p * c), initializer="zeros",
+                                      trainable=False, name="kernel")
+        self.bias = self.add_weight(shape=(2 * p * p * c,), initializer="zeros", trainable=False, name="bias")
+        self.built = True
+
+    def call(self, x):
+        kernel = ops.cast(self.kernel, x.dtype)
+        return ops.conv(x, kernel, strides=1, padding="valid") + ops.cast(self.bias, x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        shrink = self.patch_size - 1
+        return (n, None if h is None else h - shrink, None if w is None else w - shrink,
+                2 * self.patch_size ** 2 * c)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"patch_size": self.patch_size})
         return config
