@@ -7,7 +7,7 @@ import dataclasses
 import logging
 
 from mghash_tf.core.commands import run_command
-from mghash_tf.training.config import TrainConfig
+from mghash_tf.training.config import RECIPES, TrainConfig
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One ``--flag`` per TrainConfig field; flags override the JSON config."""
@@ -24,9 +24,12 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args) -> TrainConfig:
+    """The JSON config (or the defaults), then ``--recipe``'s preset values, then the flags."""
     base = TrainConfig.from_json(args.config) if args.config else TrainConfig()
+    if getattr(args, "recipe", None):
+        base = base.replace(**RECIPES.get(args.recipe, {}), recipe=args.recipe)
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if getattr(args, f.name, None) is not None}
+                 if f.name != "recipe" and getattr(args, f.name, None) is not None}
     if isinstance(overrides.get("layout"), str) and overrides["layout"].isdigit():
         overrides["layout"] = int(overrides["layout"])
     return base.replace(**overrides)

@@ -26,14 +26,30 @@ def build_augmenter(seed: int = AUGMENT_SEED):
     ], name="augmenter")
 
 
+AUGMENTATIONS = ("standard", "flip_translate")
+# flip_translate: shifts of up to this many pixels (reflected borders), as in the fast-CIFAR recipes.
+TRANSLATE_PIXELS = 2
+
+
+def flip_translate(image, seed=None, pixels: int = TRANSLATE_PIXELS):
+    """One image (H, W, C): a random horizontal flip, then a random shift of up to ``pixels`` in
+    each direction with reflected borders (pad, then crop back to the size)."""
+    import tensorflow as tf
+
+    image = tf.image.random_flip_left_right(image, seed=seed)
+    padded = tf.pad(image, [[pixels, pixels], [pixels, pixels], [0, 0]], mode="REFLECT")
+    return tf.image.random_crop(padded, tf.shape(image), seed=seed)
+
+
 def make_dataset(x, labels, *, batch_size: int, shuffle: bool = False, seed: int = 0, augment=False,
-                 cache: bool = True, drop_remainder: bool = False):
+                 augmentation: str = "standard", cache: bool = True, drop_remainder: bool = False):
     """-> ``tf.data.Dataset`` of ``(float32 images in [0, 255], int32 labels (B, 2))``.
 
-    Images keep their stored size (the model resizes). ``augment``: False, True (the
-    ``build_augmenter()`` layers) or any callable on float batches. The uint8 elements are cached
-    before shuffling, so augmentation differs every epoch; the epoch order depends only on
-    ``seed``.
+    Images keep their stored size (the model resizes). ``augment``: False, True (the policy named
+    by ``augmentation``: ``"standard"`` = the ``build_augmenter()`` layers on batches,
+    ``"flip_translate"`` = :func:`flip_translate` per image) or any callable on float batches.
+    The uint8 elements are cached before shuffling, so augmentation differs every epoch; the
+    epoch order depends only on ``seed``.
     """
     import tensorflow as tf
 
@@ -47,12 +63,20 @@ def make_dataset(x, labels, *, batch_size: int, shuffle: bool = False, seed: int
                          f"Received: labels.shape={labels.shape}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
-    augmenter = build_augmenter() if augment is True else (augment or None)
+    if augmentation not in AUGMENTATIONS:
+        raise ValueError(f"`augmentation` must be one of {AUGMENTATIONS}. Received: augmentation={augmentation!r}")
+    per_image = augment is True and augmentation == "flip_translate"
+    if augment is True:
+        augmenter = None if per_image else build_augmenter()
+    else:
+        augmenter = augment or None
     ds = tf.data.Dataset.from_tensor_slices((x, labels.astype(np.int32)))
     if cache:
         ds = ds.cache()
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    if per_image:
+        ds = ds.map(lambda image, label: (flip_translate(image), label), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
 
     def to_float(images, batch_labels):

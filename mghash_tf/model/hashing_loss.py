@@ -9,7 +9,9 @@ from mghash_tf.model import losses
 from mghash_tf.core.granularity import LABEL_COLUMN
 from mghash_tf.core.layout import get_layout
 
-TERMS = ("csq", "margin", "dpsh")
+TERMS = ("csq", "ortho", "margin", "dpsh")
+# Terms that read fixed class centres.
+CENTRE_TERMS = ("csq", "ortho")
 
 
 def parse_terms(spec: str) -> tuple:
@@ -29,14 +31,18 @@ class HashingLoss(keras.losses.Loss):
 
     Args:
         layout: layout dict (``CodeLayout.to_dict()``) or preset name.
-        num_classes: ``{"fine": n_fine, "coarse": n_coarse}``; needed by the ``csq`` term.
-        loss: terms joined by ``+`` from ``csq`` (class centres), ``margin``, ``dpsh``.
+        num_classes: ``{"fine": n_fine, "coarse": n_coarse}``; needed by the centre terms.
+        loss: terms joined by ``+`` from ``csq`` (class centres, binary cross-entropy),
+            ``ortho`` (cosine softmax to the class centres with a margin, OrthoHash),
+            ``margin``, ``dpsh``.
         quantization_weight, balance_weight: weights of the regularisers.
         seed: seed of the random class centres (used when Hadamard centres do not fit).
+        ortho_scale, ortho_margin, label_smoothing: options of the ``ortho`` term.
     """
 
     def __init__(self, layout, num_classes, loss="csq", quantization_weight=0.1,
-                 balance_weight=0.01, seed=0, name="hashing_loss", **kwargs):
+                 balance_weight=0.01, seed=0, ortho_scale=8.0, ortho_margin=0.2, label_smoothing=0.0,
+                 name="hashing_loss", **kwargs):
         super().__init__(name=name, **kwargs)
         self.layout = get_layout(layout).to_dict()
         self.num_classes = {k: int(v) for k, v in dict(num_classes).items()}
@@ -44,12 +50,17 @@ class HashingLoss(keras.losses.Loss):
         self.quantization_weight = float(quantization_weight)
         self.balance_weight = float(balance_weight)
         self.seed = int(seed)
+        self.ortho_scale = float(ortho_scale)
+        self.ortho_margin = float(ortho_margin)
+        self.label_smoothing = float(label_smoothing)
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"`label_smoothing` must be in [0, 1). Received: label_smoothing={label_smoothing!r}")
         self._terms = parse_terms(loss)
         self._segments = []
         start = 0
         for seg in get_layout(self.layout).segments:
             centers = None
-            if "csq" in self._terms:
+            if set(CENTRE_TERMS) & set(self._terms):
                 if seg.label_level not in self.num_classes:
                     raise ValueError(
                         f"`num_classes` needs an entry for label level {seg.label_level!r}. "
@@ -64,6 +75,10 @@ class HashingLoss(keras.losses.Loss):
         similarity = losses.similarity_matrix(labels) if {"margin", "dpsh"} & set(self._terms) else None
         if "csq" in self._terms:
             total += losses.center_loss(h, labels, centers)
+        if "ortho" in self._terms:
+            total += losses.orthogonal_center_loss(h, labels, centers, scale=self.ortho_scale,
+                                                   margin=self.ortho_margin,
+                                                   label_smoothing=self.label_smoothing)
         if "margin" in self._terms:
             total += losses.pairwise_margin_loss(h, similarity)
         if "dpsh" in self._terms:
@@ -87,5 +102,7 @@ class HashingLoss(keras.losses.Loss):
             "layout": self.layout, "num_classes": self.num_classes, "loss": self.loss,
             "quantization_weight": self.quantization_weight,
             "balance_weight": self.balance_weight, "seed": self.seed,
+            "ortho_scale": self.ortho_scale, "ortho_margin": self.ortho_margin,
+            "label_smoothing": self.label_smoothing,
         })
         return config

@@ -121,3 +121,26 @@ def center_loss(h, labels, centers):
     p = ops.clip((h + 1.0) / 2.0, 1e-6, 1.0 - 1e-6)
     t = (target + 1.0) / 2.0
     return ops.mean(-(t * ops.log(p) + (1.0 - t) * ops.log(1.0 - p)))
+
+
+def orthogonal_center_loss(h, labels, centers, *, scale=8.0, margin=0.2, label_smoothing=0.0):
+    """Softmax cross-entropy over cosine similarities to fixed, far-apart class codes, with an
+    additive margin on the true class (OrthoHash, Hoe et al., NeurIPS 2021).
+
+    ``logit_k = scale * (cos(h, c_k) - margin * [k == label])``; with ``label_smoothing`` the
+    target puts ``1 - label_smoothing + label_smoothing / C`` on the label and
+    ``label_smoothing / C`` elsewhere. The classifier is the code book itself, so a code that
+    classifies well sits near its class centre in Hamming space. Class ids only.
+
+    Example (hand-computed): K = 2, centres ``[+1, +1]`` and ``[+1, -1]``, ``h = [1, 0]``,
+    label 0, scale 1, margin 0: both cosines are ``1/sqrt(2)``, so the loss is ``log 2 = 0.6931``.
+    """
+    h = ops.cast(h, "float32")
+    centers = ops.convert_to_tensor(centers, dtype="float32")
+    num_classes, bits = centers.shape
+    unit = h / ops.maximum(ops.norm(h, axis=1, keepdims=True), 1e-6)
+    cosine = ops.matmul(unit, ops.transpose(centers)) / float(np.sqrt(bits))
+    onehot = ops.one_hot(ops.cast(labels, "int32"), num_classes)
+    logits = scale * (cosine - margin * onehot)
+    target = onehot * (1.0 - label_smoothing) + label_smoothing / num_classes
+    return ops.mean(-ops.sum(target * ops.log_softmax(logits, axis=-1), axis=-1))

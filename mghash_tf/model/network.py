@@ -79,12 +79,20 @@ def describe(model: keras.Model) -> dict:
     }
 
 
-def encode(model: keras.Model, images, *, batch_size: int = 256) -> np.ndarray:
-    """Relaxed codes (N, K) float32 for uint8/float pixel images (N, S, S, 3)."""
+def encode(model: keras.Model, images, *, batch_size: int = 256, tta: bool = False) -> np.ndarray:
+    """Relaxed codes (N, K) float32 for uint8/float pixel images (N, S, S, 3).
+
+    ``tta``: flip test-time augmentation, the mean of the relaxed codes of each image and its
+    horizontal mirror (its sign is the code: bits on which the two views disagree go to the
+    more confident one)."""
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"`images` must be (N, H, W, 3). Received: shape={images.shape}")
-    return np.asarray(model.predict(images.astype("float32"), batch_size=batch_size, verbose=0))
+    codes = np.asarray(model.predict(images.astype("float32"), batch_size=batch_size, verbose=0))
+    if tta:
+        mirrored = model.predict(images[:, :, ::-1].astype("float32"), batch_size=batch_size, verbose=0)
+        codes = (codes + np.asarray(mirrored)) / 2.0
+    return codes
 
 
 def set_backbone_trainable(model: keras.Model, trainable: bool, *, train_batchnorm: bool = False):

@@ -15,6 +15,7 @@ import numpy as np
 
 from mghash_tf.core.layout import CodeLayout
 from mghash_tf.evaluation.retrieval import evaluate_codes
+from mghash_tf.model import encode
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +25,8 @@ def validation_database(num_train: int, size: int, rng: np.random.Generator) -> 
     return np.sort(rng.choice(num_train, min(size, num_train), replace=False))
 
 
-def predict_images(model, images, batch_size: int = 256) -> np.ndarray:
-    return model.predict(np.asarray(images).astype("float32"), batch_size=batch_size, verbose=0)
+def predict_images(model, images, batch_size: int = 256, tta: bool = False) -> np.ndarray:
+    return encode(model, images, batch_size=batch_size, tta=tta)
 
 
 class RetrievalValidation(keras.callbacks.Callback):
@@ -69,3 +70,57 @@ class Throughput(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.rates.append(self.items_per_epoch / (time.perf_counter() - self.start))
+
+
+class Lookahead(keras.callbacks.Callback):
+    """Weight averaging as in airbench (Jordan 2024): every ``every`` steps a slow copy moves
+    toward the live weights, ``slow <- decay * slow + (1 - decay) * live``, and the live weights
+    restart from it; ``decay = base * progress**3`` over the stage (none early, strong at the end).
+
+    At every epoch end the live weights are set to the slow copy, so validation, checkpoints and
+    the model left after training are the averaged model (put this callback before them). All
+    float weights take part, BatchNorm statistics included: averaged filters with the last
+    step's statistics would not match. A resumed stage picks the schedule up at its epoch.
+
+    Args:
+        steps_per_epoch, epochs: the stage's length; ``first_epoch``: its first epoch index.
+    """
+
+    def __init__(self, steps_per_epoch: int, epochs: int, *, first_epoch: int = 0, every: int = 5,
+                 base: float = 0.95 ** 5):
+        super().__init__()
+        if int(steps_per_epoch) < 1 or int(epochs) < 1 or int(every) < 1 or not 0 <= base < 1:
+            raise ValueError("Lookahead needs steps_per_epoch >= 1, epochs >= 1, every >= 1 and "
+                             f"0 <= base < 1. Received: steps_per_epoch={steps_per_epoch}, epochs={epochs}, "
+                             f"every={every}, base={base}")
+        self.steps_per_epoch, self.first_epoch = int(steps_per_epoch), int(first_epoch)
+        self.total_steps = int(steps_per_epoch) * int(epochs)
+        self.every, self.base = int(every), float(base)
+        self.step = 0
+        self.slow = None
+
+    def decay(self, step: int) -> float:
+        return self.base * min(step / self.total_steps, 1.0) ** 3
+
+    def _averaged(self):
+        return [v for v in self.model.weights if "float" in str(v.dtype)]
+
+    def on_train_begin(self, logs=None):
+        self.slow = [np.array(keras.ops.convert_to_numpy(v), dtype="float32") for v in self._averaged()]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.step = (epoch - self.first_epoch) * self.steps_per_epoch
+
+    def average(self, decay: float) -> None:
+        for variable, slow in zip(self._averaged(), self.slow):
+            slow *= decay
+            slow += (1.0 - decay) * keras.ops.convert_to_numpy(variable)
+            variable.assign(slow)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        if self.step % self.every == 0:
+            self.average(self.decay(self.step))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.average(self.decay(self.step))

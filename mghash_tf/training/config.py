@@ -7,8 +7,27 @@ import json
 from pathlib import Path
 
 from mghash_tf.core.layout import get_layout
+from mghash_tf.data.pipeline import AUGMENTATIONS
 
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "warmup_linear", "constant")
+OPTIMIZERS = ("adamw", "sgd")
+WEIGHT_AVERAGING = ("none", "lookahead")
+MIXED_PRECISION = ("auto", "none", "bfloat16", "float16")
+# Presets: ``TrainConfig.preset(name, **overrides)``; every value stays overridable and the
+# resolved config (with ``recipe`` naming the preset) is what config.json stores.
+RECIPES = {
+    "default": {},
+    # A from-scratch small-image network trained like the fast-CIFAR recipes (README "Training
+    # recipes"): SGD-Nesterov, warm-up then linear decay, label smoothing on the OrthoHash
+    # objective, Lookahead weight averaging, flip + 2-px translation, flip TTA for codes.
+    "fast": {
+        "backbone": "fast_cnn", "image_size": 32, "loss": "ortho", "label_smoothing": 0.2,
+        "optimizer": "sgd", "momentum": 0.85, "nesterov": True, "learning_rate": 0.2,
+        "schedule": "warmup_linear", "warmup_fraction": 0.23, "weight_decay": 5e-4,
+        "batch_size": 512, "frozen_epochs": 10, "weight_averaging": "lookahead",
+        "augmentation": "flip_translate", "tta": True, "val_fraction": 0.05,
+    },
+}
 STRATEGIES = ("default", "mirrored", "multi_worker")
 STAGE1_CACHE = ("none", "heads", "last_stage", "last_two_stages")
 
@@ -25,6 +44,12 @@ class TrainConfig:
     (:mod:`mghash_tf.training.cached`): ``"heads"`` trains the heads, ``"last_stage"`` the heads and the
     backbone's last stage, ``"last_two_stages"`` its last two; augmentation is then the
     horizontal flip only.
+
+    ``recipe`` names the preset the config was made from (:meth:`preset`, ``RECIPES``).
+    ``mixed_precision``: ``"auto"`` trains in bfloat16 where the CPU has bfloat16 instructions
+    (AVX512_BF16/AMX) or the GPU is Ampere or newer, else float32; codes and losses are float32
+    in every case and the saved model is float32. ``tta``: codes of validation and test images
+    (and so the checkpoint choice) average the image and its mirror.
     """
 
     data: str = "demo"
@@ -34,7 +59,11 @@ class TrainConfig:
     image_size: int = 32
     input_size: int | None = None
     layout: object = "mg64"
+    recipe: str = "default"
     loss: str = "csq"
+    ortho_scale: float = 8.0
+    ortho_margin: float = 0.2
+    label_smoothing: float = 0.0
     quantization_weight: float = 0.1
     balance_weight: float = 0.01
     frozen_epochs: int = 5
@@ -42,15 +71,22 @@ class TrainConfig:
     batch_size: int = 64
     learning_rate: float = 1e-3
     finetune_learning_rate: float = 1e-4
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    nesterov: bool = True
     schedule: str = "cosine"
+    warmup_fraction: float = 0.23
     weight_decay: float = 1e-4
+    weight_averaging: str = "none"
     augment: bool = True
+    augmentation: str = "standard"
+    tta: bool = False
     seed: int = 1
     val_fraction: float = 0.1
     val_database_size: int = 5000
     max_train: int | None = None
     strategy: str = "default"
-    mixed_precision: bool = False
+    mixed_precision: str = "auto"
     jit_compile: bool = False
     tensorboard: bool = False
     stage1_cache: str = "none"
@@ -59,7 +95,20 @@ class TrainConfig:
         from mghash_tf.model.backbones import backbone_names  # Keras: only when a config is made
 
         _check_choice("backbone", self.backbone, backbone_names())
+        _check_choice("recipe", self.recipe, tuple(RECIPES))
         _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("weight_averaging", self.weight_averaging, WEIGHT_AVERAGING)
+        _check_choice("augmentation", self.augmentation, AUGMENTATIONS)
+        if isinstance(self.mixed_precision, bool):  # configs written before the policy names
+            object.__setattr__(self, "mixed_precision", "float16" if self.mixed_precision else "none")
+        _check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError(f"`warmup_fraction` must be in [0, 1). Received: warmup_fraction={self.warmup_fraction}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"`momentum` must be in [0, 1). Received: momentum={self.momentum}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"`label_smoothing` must be in [0, 1). Received: label_smoothing={self.label_smoothing}")
         _check_choice("strategy", self.strategy, STRATEGIES)
         _check_choice("stage1_cache", self.stage1_cache, STAGE1_CACHE)
         if self.stage1_cache != "none" and self.weights is None:
@@ -81,6 +130,12 @@ class TrainConfig:
         for name in ("learning_rate", "finetune_learning_rate"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"`{name}` must be > 0. Received: {name}={getattr(self, name)}")
+
+    @classmethod
+    def preset(cls, recipe: str, **overrides) -> "TrainConfig":
+        """The ``RECIPES[recipe]`` values, then ``overrides``; ``recipe`` is recorded."""
+        _check_choice("recipe", recipe, tuple(RECIPES))
+        return cls(**{**RECIPES[recipe], **overrides, "recipe": recipe})
 
     @property
     def code_layout(self):

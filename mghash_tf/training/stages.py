@@ -10,6 +10,7 @@ factory and the checkpoint scheme, and return a :class:`StageOutcome`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import keras
@@ -19,7 +20,8 @@ from mghash_tf.data import make_dataset
 from mghash_tf.model import get_layout_of, set_backbone_trainable
 from mghash_tf.model.hashing_loss import HashingLoss
 from mghash_tf.training import checkpoints
-from mghash_tf.training.callbacks import RetrievalValidation, Throughput, validation_database
+from mghash_tf.training.callbacks import (Lookahead, RetrievalValidation, Throughput, predict_images,
+                                         validation_database)
 from mghash_tf.training.optimizers import make_optimizer
 
 
@@ -65,7 +67,9 @@ class StageOutcome:
 def hashing_loss(model, config, num_classes: dict) -> HashingLoss:
     return HashingLoss(get_layout_of(model).to_dict(), num_classes, loss=config.loss,
                        quantization_weight=config.quantization_weight,
-                       balance_weight=config.balance_weight, seed=config.seed)
+                       balance_weight=config.balance_weight, seed=config.seed,
+                       ortho_scale=config.ortho_scale, ortho_margin=config.ortho_margin,
+                       label_smoothing=config.label_smoothing)
 
 
 def stage_callbacks(ctx: StageContext, target, validation, *, restore_best=False) -> list:
@@ -78,7 +82,8 @@ def run_full(model, stage: Stage, ctx: StageContext) -> StageOutcome:
     """The stage on the full model, images through ``tf.data``; resumable mid-stage."""
     config, splits = ctx.config, ctx.splits
     train_ds = make_dataset(splits.train.x, splits.train.labels, batch_size=config.batch_size,
-                            shuffle=True, seed=config.seed, augment=config.augment, drop_remainder=True)
+                            shuffle=True, seed=config.seed, augment=config.augment,
+                            augmentation=config.augmentation, drop_remainder=True)
     steps = max(len(splits.train.y_fine) // config.batch_size, 1)
     # A backbone trained from scratch has no statistics to protect: its BatchNorm trains too.
     set_backbone_trainable(model, trainable=stage.train_backbone or not ctx.pretrained,
@@ -88,10 +93,14 @@ def run_full(model, stage: Stage, ctx: StageContext) -> StageOutcome:
                       loss=hashing_loss(model, config, ctx.num_classes), jit_compile=config.jit_compile)
     database = splits.train.subset(ctx.database_indices())
     validation = RetrievalValidation(splits.val.x, splits.val.labels, database.x, database.labels,
-                                     get_layout_of(model), has_coarse=splits.has_coarse)
+                                     get_layout_of(model), has_coarse=splits.has_coarse,
+                                     predict=functools.partial(predict_images, tta=config.tta))
     throughput = Throughput(steps * config.batch_size)
-    # Throughput first, so its epoch end is taken before the validation pass runs.
-    callbacks = [throughput, *stage_callbacks(ctx, model, validation),
+    # Throughput first, so its epoch end is taken before the validation pass runs; weight
+    # averaging next, so validation and checkpoints see the averaged weights.
+    averaging = [Lookahead(steps, stage.epochs, first_epoch=stage.initial_epoch)] \
+        if config.weight_averaging == "lookahead" else []
+    callbacks = [throughput, *averaging, *stage_callbacks(ctx, model, validation),
                  keras.callbacks.BackupAndRestore(str(ctx.out / "backup" / f"stage{stage.number}"))]
     if config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(ctx.out / "tensorboard")))

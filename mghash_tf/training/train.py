@@ -24,9 +24,11 @@ import numpy as np
 from mghash_tf import data as data_lib
 from mghash_tf.training.config import TrainConfig
 from mghash_tf.evaluation.retrieval import evaluate_codes
-from mghash_tf.model import build_model, encode, get_layout_of
+from mghash_tf.model import build_model, get_layout_of
+from mghash_tf.model import encode as encode_images
 from mghash_tf.model.saving import save_model_atomic
-from mghash_tf.training import checkpoints
+from mghash_tf.model.fast_cnn import init_whitening
+from mghash_tf.training import checkpoints, precision
 from mghash_tf.training.cached import run_cached
 from mghash_tf.training.stages import Stage, StageContext, run_full
 
@@ -102,6 +104,8 @@ def train(config: TrainConfig, out_dir, *, image_set=None, verbose="auto") -> Tr
                 0 if splits.test is None else len(splits.test.y_fine))
     strategy = _strategy(config.strategy)
     model = _build(config, strategy)
+    # Data-set initialisation (fast_cnn's patch whitening); a resumed run restores it with the rest.
+    init_whitening(model, splits.train.x, seed=config.seed)
     ctx = StageContext(config, splits, out, strategy, verbose)
     start = time.perf_counter()
     history, rates = {}, []
@@ -120,8 +124,10 @@ def train(config: TrainConfig, out_dir, *, image_set=None, verbose="auto") -> Tr
     train_seconds = time.perf_counter() - start
     if (out / checkpoints.BEST_WEIGHTS).exists():
         model.load_weights(str(out / checkpoints.BEST_WEIGHTS))
+    model = precision.float32_twin(model, lambda: build_model(**_model_args(config)))
     save_model_atomic(model, out / "model.keras")
-    metrics = _final_metrics(model, splits, history, rates, train_seconds)
+    metrics = _final_metrics(model, splits, history, rates, train_seconds, tta=config.tta)
+    metrics["mixed_precision"] = precision.resolve(config.mixed_precision) or "float32"
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return TrainResult(model, metrics, out)
 
@@ -129,23 +135,26 @@ def train(config: TrainConfig, out_dir, *, image_set=None, verbose="auto") -> Tr
 def _build(config: TrainConfig, strategy):
     """Layers take the dtype policy in force when they are built; the global policy is restored
     afterwards so a mixed-precision run does not leak into later models in the process."""
-    previous = keras.mixed_precision.global_policy()
-    if config.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        with strategy.scope():
-            return build_model(backbone=config.backbone, layout=config.layout, image_size=config.image_size,
-                               input_size=config.input_size, weights=config.weights)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
+    with precision.policy(config.mixed_precision), strategy.scope():
+        return build_model(**_model_args(config), weights=config.weights)
 
 
-def _final_metrics(model, splits: Splits, history, rates, seconds) -> dict:
+def _model_args(config: TrainConfig) -> dict:
+    return {"backbone": config.backbone, "layout": config.layout, "image_size": config.image_size,
+            "input_size": config.input_size}
+
+
+def _final_metrics(model, splits: Splits, history, rates, seconds, *, tta: bool = False) -> dict:
     layout = get_layout_of(model)
-    db = encode(model, splits.train.x)
+
+    def encode(images):
+        return encode_images(model, images, tta=tta)
+
+    db = encode(splits.train.x)
     metrics = {
         "protocol_val": "query = validation split carved from train, database = train minus validation",
-        "val": evaluate_codes(encode(model, splits.val.x), db, splits.val.labels, splits.train.labels,
+        "tta": tta,
+        "val": evaluate_codes(encode(splits.val.x), db, splits.val.labels, splits.train.labels,
                               layout, has_coarse=splits.has_coarse),
         "train_seconds": round(seconds, 1),
         "train_images_per_second": round(float(np.median(rates)), 1) if rates else None,
@@ -153,6 +162,6 @@ def _final_metrics(model, splits: Splits, history, rates, seconds) -> dict:
     }
     if splits.test is not None:
         metrics["protocol_test"] = "query = test split, database = train minus validation, mAP@all"
-        metrics["test"] = evaluate_codes(encode(model, splits.test.x), db, splits.test.labels,
+        metrics["test"] = evaluate_codes(encode(splits.test.x), db, splits.test.labels,
                                          splits.train.labels, layout, has_coarse=splits.has_coarse)
     return metrics
