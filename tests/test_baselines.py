@@ -111,3 +111,19 @@ def test_threshold_codes():
 def test_bad_input(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_sigmoid_classifier_separates_labelled_clusters():
+    from mghash_tf.evaluation.baselines import SigmoidClassifier
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 5)) * 4
+    labels = np.repeat(np.arange(3), 40)
+    features = centres[labels] + rng.normal(size=(120, 5))
+    head = SigmoidClassifier(3).fit(features, labels)
+    codes = head.encode(features)
+    assert codes.shape == (120, 3) and set(np.unique(codes)) <= {-1, 1}
+    # One bit per class: the own class's bit is on for (nearly) every item.
+    assert np.mean(codes[np.arange(120), labels] == 1) > 0.95
+    with pytest.raises(ValueError, match="labels"):
+        head.fit(features, labels[:-1])

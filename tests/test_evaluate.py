@@ -11,8 +11,8 @@ from mghash_tf.data import save_npz
 from mghash_tf.core.metrics import mean_average_precision
 from test_train import CHANCE_FINE, tiny_config, toy_set
 
-METHODS = {"mghash", "lsh", "pca", "itq", "float_cosine"}
-HAMMING_METHODS = METHODS - {"float_cosine"}
+METHODS = {"mghash", "mghash_float", "lsh", "pca", "itq", "float_cosine"}
+HAMMING_METHODS = METHODS - {"float_cosine", "mghash_float"}
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +96,35 @@ def test_subsets_and_granularity_choice(trained):
         evaluate(trained[1], toy_set(), granularities=["medium"])
     with pytest.raises(ValueError, match="max_db"):
         evaluate(trained[1], toy_set(), max_db=0)
+
+
+def test_tta_modes_and_toy_baselines(trained):
+    from mghash_tf.evaluation import baselines
+    from mghash_tf.evaluation.evaluate import evaluate, feature_model, predict
+    from mghash_tf.model import encode
+
+    model, data = trained[1], toy_set()
+    out = evaluate(model, data, granularities=["fine"], baselines=False, toy_baselines=True,
+                   tta=("none", "database", "both"))
+    methods = out["granularities"]["fine"]["methods"]
+    assert set(methods) == {"mghash", "mghash_tta_db", "mghash_tta", "classifier_sigmoid", "float_l2"}
+    q, db = data.subset(data.split == 1), data.subset(data.split == 0)
+    # Brute force: the TTA codes are the mean of image and mirror, ranked by Hamming distance.
+    q_tta, db_tta = encode(model, q.x, tta=True), encode(model, db.x, tta=True)
+    assert methods["mghash_tta"]["map"] == pytest.approx(
+        mean_average_precision(q_tta, db_tta, q.y_fine, db.y_fine), abs=1e-9)
+    assert methods["mghash_tta_db"]["map"] == pytest.approx(
+        mean_average_precision(encode(model, q.x), db_tta, q.y_fine, db.y_fine), abs=1e-9)
+    features = feature_model(model)
+    fq, fdb = predict(features, q.x), predict(features, db.x)
+    head = baselines.SigmoidClassifier(4).fit(fdb, db.y_fine)
+    assert methods["classifier_sigmoid"]["bits"] == 4
+    assert methods["classifier_sigmoid"]["map"] == pytest.approx(
+        mean_average_precision(head.encode(fq), head.encode(fdb), q.y_fine, db.y_fine), abs=1e-9)
+    assert methods["float_l2"]["map"] == pytest.approx(
+        mean_average_precision(fq, fdb, q.y_fine, db.y_fine, metric="l2"), abs=1e-9)
+    with pytest.raises(ValueError, match="tta"):
+        evaluate(model, data, tta="mirror")
 
 
 def test_robustness_section(result):

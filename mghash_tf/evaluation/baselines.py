@@ -10,7 +10,9 @@ that :mod:`mghash_tf.core.metrics` and the index take as they are.
   ``||B - V R||^2`` by alternating ``B = sign(V R)`` and orthogonal Procrustes for ``R``
   (Gong & Lazebnik 2011, "Iterative Quantization").
 - :func:`float_cosine`: L2-normalised features, the float upper bound (``metric="cosine"``).
-- :func:`threshold_codes`: the seed's classifier-head codes, ``sigmoid(logits) > threshold``.
+- :func:`threshold_codes`: the seed's classifier-head codes, ``sigmoid(logits) > threshold``;
+  :class:`SigmoidClassifier` is that head (one logistic unit per class, one bit per class),
+  fitted on labelled features (supervised, unlike the hashers above).
   Float L2 search is ``metric="l2"`` in :mod:`mghash_tf.core.metrics`.
 """
 
@@ -145,3 +147,43 @@ def threshold_codes(probabilities, threshold: float = 0.5) -> np.ndarray:
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"`threshold` must be in [0, 1]. Received: threshold={threshold!r}")
     return np.where(p > threshold, 1, -1).astype(np.int8)
+
+
+class SigmoidClassifier:
+    """One-vs-rest logistic regression on features, fitted by full-batch gradient descent with
+    Adam steps: the classifier head whose ``sigmoid(logits) > 0.5`` bits are the seed's codes
+    (``encode``: one bit per class, ±1 int8)."""
+
+    def __init__(self, num_classes: int, *, steps: int = 300, learning_rate: float = 0.05,
+                 l2: float = 1e-4):
+        if num_classes < 2:
+            raise ValueError(f"`num_classes` must be >= 2. Received: num_classes={num_classes}")
+        self.num_classes, self.steps, self.learning_rate, self.l2 = int(num_classes), int(steps), learning_rate, l2
+
+    def fit(self, features, labels) -> "SigmoidClassifier":
+        x = _features(features)
+        y = np.asarray(labels)
+        if y.shape != (len(x),) or y.min() < 0 or y.max() >= self.num_classes:
+            raise ValueError(f"`labels` must be ({len(x)},) class ids in [0, {self.num_classes}). "
+                             f"Received: shape={y.shape}")
+        self.mean_, self.scale_ = x.mean(axis=0), x.std(axis=0) + 1e-8
+        x = (x - self.mean_) / self.scale_
+        target = np.eye(self.num_classes)[y]
+        w = np.zeros((x.shape[1] + 1, self.num_classes))
+        xb = np.hstack([x, np.ones((len(x), 1))])
+        m, v = np.zeros_like(w), np.zeros_like(w)
+        for t in range(1, self.steps + 1):
+            p = 1.0 / (1.0 + np.exp(-(xb @ w)))
+            grad = xb.T @ (p - target) / len(x) + self.l2 * w
+            m = 0.9 * m + 0.1 * grad
+            v = 0.999 * v + 0.001 * grad ** 2
+            w -= self.learning_rate * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+        self.weights_ = w
+        return self
+
+    def probabilities(self, features) -> np.ndarray:
+        x = (_features(features) - self.mean_) / self.scale_
+        return 1.0 / (1.0 + np.exp(-(np.hstack([x, np.ones((len(x), 1))]) @ self.weights_)))
+
+    def encode(self, features) -> np.ndarray:
+        return threshold_codes(self.probabilities(features))

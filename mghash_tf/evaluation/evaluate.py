@@ -9,7 +9,14 @@ a relevant database item are excluded (their count is reported).
 
 Baselines (LSH, PCA-sign, ITQ at the granularity's bit count, float cosine) use the backbone
 features the hash head sees: the attention-pooled vectors of every stage, concatenated. They
-are fitted on the database features (unsupervised: no labels used).
+are fitted on the database features (unsupervised: no labels used). ``toy_baselines`` adds the
+seed's two toy methods on the same features: a one-vs-rest sigmoid classifier head fitted on the
+database labels whose ``sigmoid > 0.5`` outputs are the bits (one per class), and float L2 search.
+
+Flip TTA (``tta``): ``"none"`` encodes every image as it is (method ``mghash``), ``"database"``
+encodes the database with the mean relaxed code of each image and its mirror
+(``mghash_tta_db``), ``"both"`` the queries too (``mghash_tta``). With the baselines, ``<method>_float`` is
+cosine search on the same relaxed (tanh) codes: the float embedding the bits are signs of.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ RADIUS = 2
 GRID_QUERIES = 6
 GRID_TOP = 10
 BASELINES = ("lsh", "pca", "itq", "float_cosine")
+TOY_BASELINES = ("classifier_sigmoid", "float_l2")
+TTA_METHODS = {"none": "mghash", "database": "mghash_tta_db", "both": "mghash_tta"}
 
 
 def load_data(spec, model):
@@ -94,12 +103,12 @@ def code_metrics(q, db, ql, dl) -> dict:
             "num_no_relevant": stable["num_no_relevant"], "pr_curve": curve}
 
 
-def float_metrics(q, db, ql, dl) -> dict:
-    """Cosine ranking of float features: mAP@all and P@100 (no radius, no PR curve)."""
+def float_metrics(q, db, ql, dl, *, metric: str = "cosine") -> dict:
+    """Float ranking (cosine or L2): mAP@all and P@100 (no radius, no PR curve)."""
     from mghash_tf.core.metrics import retrieval_report
 
-    stable = retrieval_report(q, db, ql, dl, map_ks=(None,), ks=(TOP_K,), radius=None, metric="cosine")
-    tied = retrieval_report(q, db, ql, dl, map_ks=(None,), ks=(TOP_K,), radius=None, metric="cosine",
+    stable = retrieval_report(q, db, ql, dl, map_ks=(None,), ks=(TOP_K,), radius=None, metric=metric)
+    tied = retrieval_report(q, db, ql, dl, map_ks=(None,), ks=(TOP_K,), radius=None, metric=metric,
                             tie_aware=True)
     return {"map": stable["map"], "map_tie_aware": tied["map"],
             f"precision@{TOP_K}": stable[f"precision@{TOP_K}"],
@@ -127,6 +136,35 @@ def baseline_metrics(q_feat, db_feat, ql, dl, num_bits: int, *, seed: int = 0) -
     return out
 
 
+def toy_metrics(q_feat, db_feat, ql, dl) -> dict:
+    """The seed's toy methods: sigmoid classifier-head bits (fitted on the database labels) and
+    float L2 search, on the same features."""
+    from mghash_tf.evaluation import baselines
+
+    head = baselines.SigmoidClassifier(int(max(ql.max(), dl.max())) + 1).fit(db_feat, dl)
+    return {"classifier_sigmoid": {**code_metrics(head.encode(q_feat), head.encode(db_feat), ql, dl),
+                                   "bits": head.num_classes},
+            "float_l2": float_metrics(q_feat, db_feat, ql, dl, metric="l2")}
+
+
+def _codes(model, images, batch_size, flip: bool) -> dict:
+    """Relaxed codes as they are (``"plain"``) and, with ``flip``, TTA-averaged (``"tta"``)."""
+    from mghash_tf.model import encode
+
+    plain = encode(model, images, batch_size=batch_size)
+    if not flip:
+        return {"plain": plain}
+    mirrored = encode(model, np.asarray(images)[:, :, ::-1], batch_size=batch_size)
+    return {"plain": plain, "tta": (plain + mirrored) / 2.0}
+
+
+def _check_tta(tta) -> tuple:
+    modes = (tta,) if isinstance(tta, str) else tuple(tta)
+    if not modes or any(m not in TTA_METHODS for m in modes):
+        raise ValueError(f"`tta` must be modes from {tuple(TTA_METHODS)}. Received: tta={tta!r}")
+    return modes
+
+
 def retrieval_examples(q_codes, db_codes, ql, dl, q_index, db_index, *, num_queries=GRID_QUERIES,
                        top=GRID_TOP, seed: int = 0) -> list:
     """Top-``top`` Hamming neighbours (ties by database order) of a few seeded queries, with
@@ -145,8 +183,8 @@ def retrieval_examples(q_codes, db_codes, ql, dl, q_index, db_index, *, num_quer
 
 
 def evaluate(model, image_set, *, granularities=None, baselines: bool = True,
-             robustness: bool = False, max_query=None, max_db=None, seed: int = 0,
-             batch_size: int = 256) -> dict:
+             toy_baselines: bool = False, tta=("none",), robustness: bool = False, max_query=None,
+             max_db=None, seed: int = 0, batch_size: int = 256) -> dict:
     """The evaluation of ``model`` on ``image_set`` (which needs a train/test split) as a
     JSON-able dict; see the module docstring for the protocol."""
     from mghash_tf.model import describe, get_layout_of
@@ -156,6 +194,7 @@ def evaluate(model, image_set, *, granularities=None, baselines: bool = True,
                          "query = test, database = train. Received: split="
                          f"{None if image_set.split is None else np.unique(image_set.split).tolist()}")
     start = time.perf_counter()
+    modes = _check_tta(tta)
     layout = get_layout_of(model)
     chosen = select_granularities(layout, image_set.has_coarse, granularities)
     rng = np.random.default_rng(seed)
@@ -163,24 +202,35 @@ def evaluate(model, image_set, *, granularities=None, baselines: bool = True,
     db_index = _subsample(np.flatnonzero(image_set.split == 0), max_db, rng, "max_db")
     labels = image_set.labels
     ql, dl = labels[q_index], labels[db_index]
-    q_codes = predict(model, image_set.x[q_index], batch_size)
-    db_codes = predict(model, image_set.x[db_index], batch_size)
-    if baselines:
+    flip = any(m != "none" for m in modes)
+    q_all = _codes(model, image_set.x[q_index], batch_size, flip)
+    db_all = _codes(model, image_set.x[db_index], batch_size, flip)
+    q_codes, db_codes = q_all["plain"], db_all["plain"]
+    if baselines or toy_baselines:
         features = feature_model(model)
         q_feat = predict(features, image_set.x[q_index], batch_size)
         db_feat = predict(features, image_set.x[db_index], batch_size)
     result = {"protocol": PROTOCOL, "model": describe(model), "num_query": int(len(q_index)),
-              "num_db": int(len(db_index)), "seed": int(seed), "granularities": {}}
+              "num_db": int(len(db_index)), "seed": int(seed), "tta": list(modes), "granularities": {}}
     for name, (bits, col) in chosen.items():
-        methods = {"mghash": code_metrics(q_codes[:, bits], db_codes[:, bits], ql[:, col], dl[:, col])}
+        methods = {}
+        for mode in modes:
+            q = q_all["tta" if mode == "both" else "plain"][:, bits]
+            db = db_all["plain" if mode == "none" else "tta"][:, bits]
+            methods[TTA_METHODS[mode]] = code_metrics(q, db, ql[:, col], dl[:, col])
+            if baselines:
+                methods[TTA_METHODS[mode] + "_float"] = float_metrics(q, db, ql[:, col], dl[:, col])
         if baselines:
             methods.update(baseline_metrics(q_feat, db_feat, ql[:, col], dl[:, col], len(bits), seed=seed))
+        if toy_baselines:
+            methods.update(toy_metrics(q_feat, db_feat, ql[:, col], dl[:, col]))
         result["granularities"][name] = {
             "bits": int(len(bits)), "label_level": LABEL_LEVELS[col],
             "methods": methods,
             "examples": retrieval_examples(q_codes[:, bits], db_codes[:, bits], ql[:, col], dl[:, col],
                                            q_index, db_index, seed=seed)}
-        logger.info("%s (%d bits): mghash mAP %.4f", name, len(bits), methods["mghash"]["map"])
+        main_method = TTA_METHODS[modes[0]]
+        logger.info("%s (%d bits): %s mAP %.4f", name, len(bits), main_method, methods[main_method]["map"])
     if robustness:
         from mghash_tf.evaluation.robustness import robustness_maps
 
