@@ -1,10 +1,15 @@
 """Retrieval quality on real data: MGHash codes against hashing baselines on the same backbone.
 
-    python benchmarks/quality.py                          # both datasets, full protocol
-    python benchmarks/quality.py --dataset tinyimagenet200 --epochs 12
-    python benchmarks/quality.py --quick --out /tmp/q     # small subsets, a few minutes
+Two suites, one report (``benchmarks/results/quality.{json,md,png}`` + ``quality_runs.json``):
 
-Protocol (also written into every record):
+    python benchmarks/quality.py --suite fast --dataset cifar10 --layouts plain64 --fast-epochs 15
+    python benchmarks/quality.py --suite mobilenet            # both datasets, MobileNetV2 cached trunk
+    python benchmarks/quality.py --suite mobilenet --quick --out /tmp/q   # small subsets, minutes
+
+A rerun replaces the records of the same dataset, suite and layouts. The ``fast`` suite (the
+training recipe for small images) is described in ``benchmarks/quality_fast.py``.
+
+Protocol of the ``mobilenet`` suite (also written into every record):
 
 - Backbone: MobileNetV2 with the ImageNet weights in ``../shared/weights``, 32 px images resized
   to ``--image-size`` inside the model. Its frozen part runs once (:mod:`mghash_tf.training.cached`): the
@@ -52,6 +57,7 @@ logger = logging.getLogger("quality")
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--suite", choices=("fast", "mobilenet"), default="mobilenet")
     p.add_argument("--dataset", nargs="+", choices=sorted(DATASETS), default=sorted(DATASETS))
     p.add_argument("--layouts", nargs="+", help="override the dataset's layouts")
     p.add_argument("--epochs", type=int, default=15)
@@ -65,6 +71,10 @@ def parse_args(argv=None):
     p.add_argument("--max-train", type=int, help="subsample train (smoke runs)")
     p.add_argument("--max-test", type=int, help="subsample test (smoke runs)")
     p.add_argument("--quick", action="store_true", help="= --max-train 2000 --max-test 500 --epochs 2")
+    p.add_argument("--fast-epochs", type=int, default=10, help="fast suite: training epochs")
+    p.add_argument("--fast-learning-rate", type=float, help="fast suite: override the recipe's rate")
+    p.add_argument("--fast-batch-size", type=int, help="fast suite: override the recipe's batch size")
+    p.add_argument("--mixed-precision", help="fast suite: override the recipe's setting (auto)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--models", type=Path, default=ROOT / "runs" / "quality",
@@ -75,14 +85,18 @@ def parse_args(argv=None):
     return args
 
 
-def load(name, args, rng):
-    from mghash_tf.data import load_source, train_val_split
-
+def data_path(name) -> Path:
     path = SHARED / "data" / DATASETS[name]["file"]
     if not path.is_file():
         raise SystemExit(f"{path} is absent: this benchmark needs the real data in ../shared/data "
                          "(see its README); nothing was measured.")
-    data = load_source(f"npz:{path}")
+    return path
+
+
+def load(name, args, rng):
+    from mghash_tf.data import load_source, train_val_split
+
+    data = load_source(f"npz:{data_path(name)}")
     train, test = data.subset(data.split == 0), data.subset(data.split == 1)
     for part, limit in (("train", args.max_train), ("test", args.max_test)):
         n = len(train if part == "train" else test)
@@ -203,27 +217,60 @@ def run_dataset(name, args, records, runs, prov):
     runs.append({"dataset": name, **prov, "wall_seconds": round(time.perf_counter() - wall, 1)})
 
 
+SUITES = {"fast": "fast_cnn from scratch, fast recipe", "mobilenet": "MobileNetV2 ImageNet, cached trunk"}
+ORDER = {"mghash_tta": 0, "mghash_tta_db": 1, "mghash": 2, "mghash_tta_float": 3, "mghash_tta_db_float": 4,
+         "mghash_float": 5, "itq": 6, "pca": 7, "lsh": 8, "classifier_sigmoid": 9, "float_cosine": 10,
+         "float_l2": 11}
+
+
+# The fast suite's methods drawn in the plot (the table has them all).
+FAST_PLOTTED = ("mghash_tta", "mghash", "itq", "classifier_sigmoid", "float_cosine")
+
+
+def suite_of(row) -> str:
+    return row.get("suite", "mobilenet")
+
+
+def _fast_run_lines(runs) -> list:
+    return [f"- **{r['dataset']} {r['layout']}**: `{r['command']}`, {r['date']}, {r['machine']}; "
+            f"{r['epochs']} epochs, best epoch {r['best_epoch']} (val mAP {r['best_val_map_fine']:.3f}), "
+            f"training {r['train_seconds'] / 60:.1f} min at {r['train_images_per_second']:.0f} images/s "
+            f"({r['mixed_precision']}), evaluation {r['eval_seconds'] / 60:.1f} min"
+            for r in runs if suite_of(r) == "fast" and "layout" in r]
+
+
+def _run_lines(runs, suite) -> list:
+    if suite == "fast":
+        return _fast_run_lines(runs)
+    lines = []
+    for head in (r for r in runs if "wall_seconds" in r and suite_of(r) == suite):
+        lines += [f"- **{head['dataset']}**: `{head['command']}`, {head['date']}, {head['machine']}; "
+                  f"wall time {head['wall_seconds'] / 60:.1f} min (data, training, evaluation)"]
+        for r in (r for r in runs if r["dataset"] == head["dataset"] and "layout" in r and suite_of(r) == suite):
+            lines.append(f"  - {r['layout']}: {r['epochs']} epochs, best epoch {r['best_epoch']} "
+                         f"(val mAP {r['best_val_map_fine']:.3f}), training {r['train_seconds'] / 60:.1f} min "
+                         f"at {r['train_items_per_second']:.0f} items/s, trunk cache {r['cache_seconds'] / 60:.1f} "
+                         f"min, full model vs cached path sign agreement {100 * r['full_model_agreement']:.2f} %")
+    return lines
+
+
 def markdown(records, runs) -> str:
     lines = ["# Retrieval quality on real data", "",
-             "Written by `benchmarks/quality.py` (protocol in its docstring and in every record of "
-             "`quality.json`). mAP@all; `map` ranks Hamming ties by database order, `tie-aware` is "
-             "the exact expectation over tie orders. Plot: `quality.png`.", "", "## Runs", ""]
-    for head in (r for r in runs if "wall_seconds" in r):
-        lines += [f"- **{head['dataset']}**: `{head['command']}`, {head['date']}, {head['machine']}; "
-                  f"wall time {head['wall_seconds'] / 60:.1f} min (data, cache, training, evaluation)"]
-        for r in (r for r in runs if r["dataset"] == head["dataset"] and "layout" in r):
-            lines += [f"  - {r['layout']}: {r['epochs']} epochs, best epoch {r['best_epoch']} "
-                      f"(val mAP {r['best_val_map_fine']:.3f}), training {r['train_seconds'] / 60:.1f} min at "
-                      f"{r['train_items_per_second']:.0f} items/s, trunk cache {r['cache_seconds'] / 60:.1f} min, "
-                      f"full model vs cached path sign agreement {100 * r['full_model_agreement']:.2f} %"]
-    lines += ["", "## Results", "",
-              "| dataset | granularity | model layout | bits | method | features | mAP | tie-aware mAP | eval s |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    order = {"mghash": 0, "mghash_float": 1, "itq": 2, "pca": 3, "lsh": 4, "float_cosine": 5}
-    for r in sorted(records, key=lambda r: (r["dataset"], r["granularity"], r["layout"], r["bits"] or 10**6,
-                                             r["features"] != "model", order.get(r["method"], 9))):
-        lines.append(f"| {r['dataset']} | {r['granularity']} | {r['layout']} | {r['bits'] or '–'} | {r['method']} | "
-                     f"{r['features']} | {r['map']:.4f} | {r['map_tie_aware']:.4f} | {r['seconds']} |")
+             "Written by `benchmarks/quality.py` (protocols in its docstring, in `benchmarks/quality_fast.py` "
+             "and in every record of `quality.json`). mAP@all; `map` ranks Hamming ties by database order, "
+             "`tie-aware` is the exact expectation over tie orders. Plot: `quality.png`."]
+    for suite, title in SUITES.items():
+        rows = [r for r in records if suite_of(r) == suite]
+        if not rows:
+            continue
+        lines += ["", f"## {title}", "", "### Runs", "", *_run_lines(runs, suite), "", "### Results", "",
+                  "| dataset | granularity | model layout | bits | method | features | mAP | tie-aware mAP | eval s |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted(rows, key=lambda r: (r["dataset"], r["granularity"], r["layout"], r["bits"] or 10**6,
+                                             r["features"] != "model", ORDER.get(r["method"], 99))):
+            lines.append(f"| {r['dataset']} | {r['granularity']} | {r['layout']} | {r['bits'] or '–'} | "
+                         f"{r['method']} | {r['features']} | {r['map']:.4f} | {r['map_tie_aware']:.4f} | "
+                         f"{r.get('seconds', '–')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -238,21 +285,35 @@ def plot(records, path):
         rows = [r for r in records if (r["dataset"], r["granularity"]) == (dataset, gran)]
         series = {}
         for r in rows:
+            if suite_of(r) == "fast" and r["method"] not in FAST_PLOTTED:
+                continue
             label = r["method"] if r["features"] == "model" else f"{r['method']} ({r['features']})"
+            if suite_of(r) == "fast":
+                label += " [fast]" if r["layout"].startswith("plain") else f" [fast {r['layout']}]"
             series.setdefault(label, []).append((r["bits"], r["map_tie_aware"]))
         for label, points in sorted(series.items()):
             method = label.split(" ")[0]
             style = dict(EXTRA_STYLE.get(method) or plots.METHOD_STYLE.get(method, {}))
+            if "[fast" in label:
+                style.update(marker="s", color=style.get("color", "tab:red"))
             if "(" in label:
                 style.update(ls=":", lw=1)
             if points[0][0] is None:
                 ax.axhline(points[0][1], label=label, **{**style, "ls": "--" if "(" not in label else ":"})
                 continue
             bits, maps = zip(*sorted(points))
-            ax.plot(bits, maps, marker="o", label=label, **style)
+            ax.plot(bits, maps, label=label, **{"marker": "o", **style})
         ax.set(title=f"{dataset}, {gran} labels", xlabel="bits", ylabel="mAP@all (tie-aware)")
         ax.legend(fontsize=7)
     return plots.save_figure(fig, path)
+
+
+def _replaced(rows, args) -> list:
+    """Rows that this run does not redo (same dataset, suite and, when given, layouts)."""
+    def redone(r):
+        return (r["dataset"] in args.dataset and suite_of(r) == args.suite
+                and (not args.layouts or r.get("layout") in args.layouts))
+    return [r for r in rows if not redone(r)]
 
 
 def main(argv=None):
@@ -261,25 +322,32 @@ def main(argv=None):
     from export.report import provenance, write_json
     from mghash_tf.core.files import write_bytes_atomic
 
+    import quality_fast
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
-    if not WEIGHTS.is_file():
+    if args.suite == "mobilenet" and not WEIGHTS.is_file():
         raise SystemExit(f"{WEIGHTS} is absent: this benchmark needs the ImageNet MobileNetV2 weights in "
                          "../shared/weights (see its README); nothing was measured.")
     json_path, runs_path = args.out / "quality.json", args.out / "quality_runs.json"
-    records = json.loads(json_path.read_text()) if json_path.exists() else []
-    runs = json.loads(runs_path.read_text()) if runs_path.exists() else []
-    # A rerun of a dataset replaces its earlier records and runs.
-    records = [r for r in records if r["dataset"] not in args.dataset]
-    runs = [r for r in runs if r["dataset"] not in args.dataset]
+    records = _replaced(json.loads(json_path.read_text()) if json_path.exists() else [], args)
+    runs = _replaced(json.loads(runs_path.read_text()) if runs_path.exists() else [], args)
     command = ("python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
-    for name in args.dataset:
-        run_dataset(name, args, records, runs, provenance(command))
+
+    def save():
         args.out.mkdir(parents=True, exist_ok=True)
         write_json(json_path, records)
         write_json(runs_path, runs)
         write_bytes_atomic(args.out / "quality.md", markdown(records, runs).encode())
         plot(records, args.out / "quality.png")
+
+    for name in args.dataset:
+        if args.suite == "fast":
+            for _ in quality_fast.run_dataset(name, data_path(name), args, records, runs, provenance(command)):
+                save()
+        else:
+            run_dataset(name, args, records, runs, provenance(command))
+        save()
     print(markdown(records, runs))
 
 
