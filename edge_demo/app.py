@@ -36,9 +36,9 @@ class LockedEncoder:
         self.input_size, self.bits = encoder.input_size, encoder.bits
         self.layout, self.description = encoder.layout, encoder.description
 
-    def encode_bits(self, images):
+    def encode_bits(self, images, *, tta: bool = False):
         with self._lock:
-            return self._encoder.encode_bits(images)
+            return self._encoder.encode_bits(images, tta=tta)
 
 
 class ThumbCache:
@@ -85,6 +85,7 @@ class App:
                     for s in index.layout.segments]
         has_coarse = bool(granularity_lib.coarse_segments(index.layout))
         return {"items": len(index), "bits": index.num_bits, "fingerprint": index.fingerprint,
+                "tta": photos.index_tta(index),
                 "layout": {"segments": segments}, "index_file": self.holder.path.name,
                 "granularities": ["fine"] + (["coarse"] if has_coarse else [])
                 + [f"segment:{s['name']}" for s in segments],
@@ -128,7 +129,8 @@ class App:
             raise ApiError(400, "the upload is not a readable image") from None
         decode_ms = (time.perf_counter() - t0) * 1e3
         timings = {}
-        D, I = photos.search_image(image, snap.index, self.encoder, k, args, timings=timings)
+        # tta=None: an upload is encoded as the snapshot's photos were (with or without TTA).
+        D, I = photos.search_image(image, snap.index, self.encoder, k, args, tta=None, timings=timings)
         timings["decode_ms"] += decode_ms
         return self._answer(snap, D, I, k, spec, timings, query_item=None)
 

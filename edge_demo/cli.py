@@ -1,12 +1,14 @@
 """``python -m edge_demo index|query``: index a photo folder, query it. No TensorFlow.
 
-    python -m edge_demo index PHOTOS --model M.tflite --out photos.mgh
-    python -m edge_demo query IMG --index photos.mgh --model M.tflite --k 10 \\
+    python -m edge_demo index PHOTOS --model M.tflite --out photos.mgh [--tta]
+    python -m edge_demo query IMG --index photos.mgh --model M.tflite --k 10 [--tta] \\
         --granularity coarse|fine|scales:low=1,mid=0.5|SEGMENT [--cascade] [--grid out.png --root PHOTOS]
     python -m edge_demo serve --index photos.mgh --model M.tflite --root PHOTOS [--host 127.0.0.1 --port 8080]
 
 Index names are paths relative to PHOTOS (see ``edge_demo.photos``); ``--root`` gives that folder
-back to ``query`` for thumbnails and for the same-folder frame colours of the grid.
+back to ``query`` for thumbnails and for the same-folder frame colours of the grid. ``--tta``
+(flip test-time augmentation) is recorded in the index: ``index`` and ``query`` refuse the other
+setting, and ``serve`` encodes uploads as the index was built.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     ix.add_argument("photos", help="photo folder, scanned recursively")
     ix.add_argument("--model", required=True, help="exported .tflite model")
     ix.add_argument("--out", required=True, help="index file to create or update")
+    ix.add_argument("--tta", action="store_true",
+                    help="encode each photo and its mirror, average before the sign (2x slower)")
     ix.add_argument("--threads", type=int, default=None, help="interpreter threads")
     ix.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     q = sub.add_parser("query", help="find the photos nearest to an image")
@@ -59,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--granularity", default="fine",
                    help="fine (whole code), coarse, a segment name, segment:NAME, or scales:NAME=W,...")
     q.add_argument("--cascade", action="store_true", help="coarse shortlist, whole-code re-rank")
+    q.add_argument("--tta", action="store_true",
+                   help="encode the query with flip TTA (must match how the index was built)")
     q.add_argument("--shortlist", type=int, default=None, help="cascade shortlist (default 10*k)")
     q.add_argument("--grid", default=None, help="write a result grid PNG here")
     q.add_argument("--root", default=None, help="the indexed photo folder (needed by --grid)")
@@ -78,8 +84,9 @@ def _parser() -> argparse.ArgumentParser:
 def _run_index(args) -> int:
     encoder = TFLiteEncoder(args.model, num_threads=args.threads)
     progress = None if args.no_progress else ProgressBar()
-    r = photos.index_folder(args.photos, encoder, args.out, progress=progress)
-    print(f"{args.out}: {r['total']} photos; added {r['added']}, updated {r['updated']}, "
+    r = photos.index_folder(args.photos, encoder, args.out, tta=args.tta, progress=progress)
+    tta = " (flip TTA)" if args.tta else ""
+    print(f"{args.out}: {r['total']} photos{tta}; added {r['added']}, updated {r['updated']}, "
           f"removed {r['removed']}, unchanged {r['unchanged']}, skipped {len(r['skipped'])}, "
           f"ignored {r['ignored']} non-image files{' (rebuilt: new model)' if r['rebuilt'] else ''}; "
           f"{r['seconds']:.2f} s, {r['images_per_s']:.1f} images/s")
@@ -119,12 +126,12 @@ def _run_query(args) -> int:
     if args.k < 1:
         raise ValueError(f"--k must be >= 1. Received: k={args.k}")
     encoder = TFLiteEncoder(args.model, num_threads=args.threads)
-    index = photos.load_index_for(args.index, encoder)
+    index = photos.load_index_for(args.index, encoder, tta=args.tta)
     timings = {}
-    results = photos.query_image(args.image, index, encoder, args.k, args.granularity,
+    results = photos.query_image(args.image, index, encoder, args.k, args.granularity, tta=args.tta,
                                  cascade=args.cascade, shortlist=args.shortlist, timings=timings)
     print(f"{len(results)} results of {len(index)} photos (granularity {args.granularity}"
-          f"{', cascade' if args.cascade else ''})")
+          f"{', cascade' if args.cascade else ''}{', tta' if args.tta else ''})")
     for rank, (name, distance) in enumerate(results, 1):
         print(f"{rank:3d}  {_fmt(distance):>6}  {name}")
     print(f"decode {timings['decode_ms']:.2f} ms, encode {timings['encode_ms']:.2f} ms, "

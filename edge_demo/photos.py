@@ -8,7 +8,10 @@ file as it was encoded; a later run re-encodes a file only when either changed.
 
 The index fingerprint is the model's weight fingerprint plus its variant (:func:`index_fingerprint`):
 an int8 and an fp32 export of the same weights disagree on a few bits, and an incremental run must
-never mix their codes.
+never mix their codes. Codes encoded with flip test-time augmentation (``tta``) differ from plain
+ones the same way, so a TTA index's fingerprint ends in ``/tta``; an index without the suffix
+(every file written before TTA existed) holds plain codes. Re-indexing or querying with the
+other setting is refused, not rebuilt: the model is the same, so it is the flag that is wrong.
 """
 
 from __future__ import annotations
@@ -34,8 +37,31 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".
 CHUNK = 64
 
 
-def index_fingerprint(description: dict) -> str:
-    return f"{description['fingerprint']}/{description['variant']}"
+TTA_SUFFIX = "/tta"
+
+
+def index_fingerprint(description: dict, *, tta: bool = False) -> str:
+    base = f"{description['fingerprint']}/{description['variant']}"
+    return base + TTA_SUFFIX if tta else base
+
+
+def index_tta(index) -> bool:
+    """Whether ``index`` holds flip-TTA codes (its fingerprint ends in ``/tta``)."""
+    return (index.fingerprint or "").endswith(TTA_SUFFIX)
+
+
+def _same_model(index, description: dict) -> bool:
+    return index.fingerprint in (index_fingerprint(description), index_fingerprint(description, tta=True))
+
+
+def check_tta(index, tta: bool, path) -> None:
+    """ValueError unless ``tta`` is the setting ``index`` (read from ``path``) was built with."""
+    built = index_tta(index)
+    if tta != built:
+        raise ValueError(
+            f"`tta` must match the setting the index {path} was built with (tta={built}): one index "
+            f"never mixes flip-TTA and plain codes. Received: tta={tta}. "
+            f"{'Pass' if built else 'Drop'} --tta, or delete the index to rebuild it with tta={tta}.")
 
 
 def scan_folder(root) -> tuple:
@@ -65,8 +91,9 @@ def scan_folder(root) -> tuple:
     return found, ignored
 
 
-def _open_existing(out_path: Path, encoder, fingerprint: str):
-    """The index at ``out_path`` to update, or None when there is none or another model built it."""
+def _open_existing(out_path: Path, encoder, tta: bool):
+    """The index at ``out_path`` to update, or None when there is none or another model built it;
+    ValueError when this model built it with the other ``tta`` setting."""
     if not out_path.exists():
         return None
     try:
@@ -74,6 +101,9 @@ def _open_existing(out_path: Path, encoder, fingerprint: str):
     except ValueError as e:
         raise ValueError(f"--out {out_path} exists but is not a readable index ({e}); delete it or "
                          "choose another path") from None
+    fingerprint = index_fingerprint(encoder.description, tta=tta)
+    if index.layout == encoder.layout and _same_model(index, encoder.description):
+        check_tta(index, tta, out_path)
     if index.fingerprint != fingerprint or index.layout != encoder.layout:
         logger.warning("%s was built by another model (fingerprint %r, this model %r): rebuilding it",
                        out_path, index.fingerprint, fingerprint)
@@ -96,7 +126,7 @@ def _plan(index, found: dict) -> tuple:
     return todo, np.asarray(stale, np.int64), changed
 
 
-def _encode_files(root: Path, names: list, encoder, progress) -> tuple:
+def _encode_files(root: Path, names: list, encoder, tta: bool, progress) -> tuple:
     """(packed codes, encoded names, skipped [(name, reason)]) for ``names`` under ``root``."""
     codes, done, skipped = [], [], []
     for start in range(0, len(names), CHUNK):
@@ -106,7 +136,7 @@ def _encode_files(root: Path, names: list, encoder, progress) -> tuple:
         skipped += [(n, reasons[str(root / n)]) for n, a in zip(chunk, arrays) if a is None]
         good = [(n, a) for n, a in zip(chunk, arrays) if a is not None]
         if good:
-            codes.append(encoder.encode_bits(np.stack([a for _, a in good])))
+            codes.append(encoder.encode_bits(np.stack([a for _, a in good]), tta=tta))
             done += [n for n, _ in good]
         if progress:
             progress(min(start + CHUNK, len(names)), len(names))
@@ -114,7 +144,7 @@ def _encode_files(root: Path, names: list, encoder, progress) -> tuple:
     return words, done, skipped
 
 
-def index_folder(root, encoder, out_path, *, progress=None) -> dict:
+def index_folder(root, encoder, out_path, *, tta: bool = False, progress=None) -> dict:
     """Index the photos under ``root`` into ``out_path``, encoding only new or changed files.
 
     Args:
@@ -123,6 +153,9 @@ def index_folder(root, encoder, out_path, *, progress=None) -> dict:
             ``input_size`` and ``encode_bits``).
         out_path: index file; updated in place when it was built by the same model, rebuilt when
             another model built it. Written atomically, and only when something changed.
+        tta: encode with flip test-time augmentation (``encoder.encode_bits(..., tta=True)``);
+            recorded in the fingerprint. ValueError when ``out_path`` was built by this model
+            with the other setting (:func:`check_tta`).
         progress: optional callable ``(done, total)`` called after each chunk of files.
 
     Returns a report: ``added``, ``updated``, ``removed`` (deleted files, and changed files that
@@ -132,14 +165,16 @@ def index_folder(root, encoder, out_path, *, progress=None) -> dict:
     """
     t0 = time.perf_counter()
     root, out_path = Path(root), Path(out_path)
-    fingerprint = index_fingerprint(encoder.description)
+    if not isinstance(tta, bool):
+        raise TypeError(f"`tta` must be a bool. Received: tta={tta!r}")
     found, ignored = scan_folder(root)
-    index = _open_existing(out_path, encoder, fingerprint)
+    index = _open_existing(out_path, encoder, tta)
     rebuilt = index is None and out_path.exists()
     todo, stale, changed = _plan(index, found)
     if index is None:
-        index = HammingIndex(encoder.layout.bits, encoder.layout, fingerprint=fingerprint)
-    words, done, skipped = _encode_files(root, todo, encoder, progress)
+        index = HammingIndex(encoder.layout.bits, encoder.layout,
+                             fingerprint=index_fingerprint(encoder.description, tta=tta))
+    words, done, skipped = _encode_files(root, todo, encoder, tta, progress)
     removed = index.remove(stale) if len(stale) else 0
     if len(done):
         sizes = np.asarray([found[n][0] for n in done], np.int64)
@@ -155,9 +190,17 @@ def index_folder(root, encoder, out_path, *, progress=None) -> dict:
             "images_per_s": len(done) / seconds if seconds > 0 else 0.0}
 
 
-def load_index_for(path, encoder) -> HammingIndex:
-    """The index at ``path``, refused (ValueError) unless ``encoder``'s model built it."""
-    return HammingIndex.load(path, expect_fingerprint=index_fingerprint(encoder.description))
+def load_index_for(path, encoder, *, tta: bool | None = None) -> HammingIndex:
+    """The index at ``path``, refused (ValueError) unless ``encoder``'s model built it, and
+    unless with ``tta`` when that is given (None: either setting; :func:`index_tta` tells)."""
+    index = HammingIndex.load(path)
+    if not _same_model(index, encoder.description):
+        raise ValueError(f"Index file {path} was built by another model: fingerprint "
+                         f"{index.fingerprint!r}, expected {index_fingerprint(encoder.description)!r} "
+                         f"(or with {TTA_SUFFIX!r}). Rebuild the index with the current model.")
+    if tta is not None:
+        check_tta(index, tta, path)
+    return index
 
 
 def prepare_query(source, input_size: int) -> np.ndarray:
@@ -176,17 +219,22 @@ def prepare_query(source, input_size: int) -> np.ndarray:
         raise ValueError(f"Cannot read the query image {source}: {type(e).__name__}: {e}") from None
 
 
-def search_image(source, index, encoder, k: int, args: dict, *, cascade: bool = False,
-                 shortlist: int | None = None, timings: dict | None = None) -> tuple:
+def search_image(source, index, encoder, k: int, args: dict, *, tta: bool | None = None,
+                 cascade: bool = False, shortlist: int | None = None,
+                 timings: dict | None = None) -> tuple:
     """``(D, I)`` of the one query ``source`` (path, file object or array): decoded by the
     indexing rules, encoded, searched with ``args`` (:func:`~mghash_tf.core.granularity.search_args`).
+    ``tta``: None encodes the query as the index was (:func:`index_tta`); a bool must match it.
     ``cascade``: shortlist by the coarse segment, re-rank by the whole code (``args`` must then be
     the whole code). ``timings``, when given, receives ``decode_ms``, ``encode_ms``, ``search_ms``.
     """
+    if tta is None:
+        tta = index_tta(index)
+    check_tta(index, tta, "being searched")
     t0 = time.perf_counter()
     image = prepare_query(source, encoder.input_size)
     t1 = time.perf_counter()
-    code = encoder.encode_bits(image[None])
+    code = encoder.encode_bits(image[None], tta=tta)
     t2 = time.perf_counter()
     if cascade:
         if args["granularity"] is not None or args["weights"] is not None:
@@ -202,13 +250,14 @@ def search_image(source, index, encoder, k: int, args: dict, *, cascade: bool = 
     return D[0], I[0]
 
 
-def query_image(source, index, encoder, k: int = 10, granularity=None, *, cascade: bool = False,
-                shortlist: int | None = None, timings: dict | None = None) -> list:
+def query_image(source, index, encoder, k: int = 10, granularity=None, *, tta: bool | None = None,
+                cascade: bool = False, shortlist: int | None = None,
+                timings: dict | None = None) -> list:
     """``[(name, distance), ...]`` of the ``k`` nearest photos to ``source`` (path or array);
     ``granularity`` is a spec for :func:`mghash_tf.core.granularity.search_args`, the rest as
     in :func:`search_image`."""
     args = granularity_lib.search_args(index.layout, granularity)
-    D, I = search_image(source, index, encoder, k, args, cascade=cascade, shortlist=shortlist,
-                        timings=timings)
+    D, I = search_image(source, index, encoder, k, args, tta=tta, cascade=cascade,
+                        shortlist=shortlist, timings=timings)
     keep = I >= 0
     return list(zip(index.names_of(I[keep]), D[keep].tolist()))

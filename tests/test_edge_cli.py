@@ -1,5 +1,6 @@
 """Device CLI: a tiny photo folder with bad files mixed in, incremental re-indexing, queries at
-every granularity, wrong-model refusal, the result grid, and a run where TensorFlow cannot load."""
+every granularity, wrong-model and wrong-TTA refusal, the result grid, and a run where TensorFlow
+cannot load."""
 
 import io
 import shutil
@@ -106,9 +107,9 @@ def encode_counter(monkeypatch):
     counts = []
     original = TFLiteEncoder.encode
 
-    def counting(self, images):
+    def counting(self, images, **kwargs):
         counts.append(len(images))
-        return original(self, images)
+        return original(self, images, **kwargs)
 
     monkeypatch.setattr(TFLiteEncoder, "encode", counting)
     return counts
@@ -176,6 +177,54 @@ def test_index_from_another_model_is_rebuilt_and_foreign_out_is_refused(library,
 
 def _query(*args):
     return main(["query", *map(str, args)])
+
+
+def test_tta_index_holds_tta_codes_and_refuses_the_other_setting(library, model, tmp_path, capsys,
+                                                                  encode_counter):
+    out = tmp_path / "photos.mgh"
+    assert main(["index", str(library), "--model", str(model), "--out", str(out), "--tta"]) == 0
+    assert "8 photos (flip TTA); added 8" in capsys.readouterr().out
+    enc = TFLiteEncoder(model)
+    index = HammingIndex.load(out)
+    assert index.fingerprint == photos.index_fingerprint(enc.description) + "/tta"
+    assert photos.index_tta(index) and sum(encode_counter) == len(GOOD)
+    for name in ("cats/a.png", "dogs/sub/d.bmp"):
+        image = photos.prepare_query(library / name, SIZE)[None]
+        np.testing.assert_array_equal(index.codes[index.names.index(name)],
+                                      enc.encode_bits(image, tta=True)[0])
+    before, encode_counter[:] = out.read_bytes(), []
+    Image.fromarray(_noise(20)).save(library / "dogs/new.png")  # work a plain run would do
+    assert main(["index", str(library), "--model", str(model), "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "`tta` must match the setting the index" in captured.err
+    assert "(tta=True)" in captured.err and "Received: tta=False" in captured.err
+    assert "Pass --tta" in captured.err
+    assert out.read_bytes() == before and sum(encode_counter) == 0  # refused before any work
+    assert main(["index", str(library), "--model", str(model), "--out", str(out), "--tta"]) == 0
+    assert "added 1, updated 0, removed 0, unchanged 8" in capsys.readouterr().out
+    assert _query(library / "cats/a.png", "--index", out, "--model", model, "--k", 2) == 2
+    assert "Received: tta=False" in capsys.readouterr().err
+    assert _query(library / "cats/a.png", "--index", out, "--model", model, "--k", 2, "--tta") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "2 results of 9 photos (granularity fine, tta)"
+    assert lines[1].split() == ["1", "0", "cats/a.png"]
+
+
+def test_plain_index_refuses_a_tta_reindex_and_tta_query(library, model, tmp_path, capsys):
+    out = tmp_path / "photos.mgh"
+    _index(library, model, out, capsys)
+    assert not photos.index_tta(HammingIndex.load(out))  # no suffix: plain, as every older file
+    before = out.read_bytes()
+    assert main(["index", str(library), "--model", str(model), "--out", str(out), "--tta"]) == 2
+    err = capsys.readouterr().err
+    assert "(tta=False)" in err and "Received: tta=True" in err and "Drop --tta" in err
+    assert out.read_bytes() == before
+    assert _query(library / "cats/a.png", "--index", out, "--model", model, "--tta") == 2
+    assert "Received: tta=True" in capsys.readouterr().err
+    enc = TFLiteEncoder(model)
+    index = photos.load_index_for(out, enc)
+    with pytest.raises(ValueError, match="Received: tta=True"):
+        photos.query_image(library / "cats/a.png", index, enc, 3, tta=True)
 
 
 def test_query_finds_the_same_image_first_at_distance_zero(library, model, tmp_path, capsys):

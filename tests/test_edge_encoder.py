@@ -1,5 +1,6 @@
-"""TFLiteEncoder: codes from int8_io agree with fp32, batching is invisible, bad input is refused,
-and the device modules run where TensorFlow and Keras cannot be imported."""
+"""TFLiteEncoder: codes from int8_io agree with fp32, batching is invisible, flip TTA is the sign
+of the mean of image and mirror, bad input is refused, and the device modules run where
+TensorFlow and Keras cannot be imported."""
 
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 
 from mghash_tf.core import encoder as encoder_lib
 from mghash_tf.core.encoder import TFLiteEncoder
-from mghash_tf.core.index.packing import pack_bits
+from mghash_tf.core.index.packing import pack_bits, unpack_bits
 from no_tf import no_tf_env
 
 SIZE = 16
@@ -74,6 +75,30 @@ def test_batching_does_not_change_codes(models, images):
     np.testing.assert_allclose(whole[:3], single, atol=1e-6)
 
 
+@pytest.mark.parametrize("variant", ["fp32", "int8_io"])
+def test_tta_bits_are_the_sign_of_the_mean_of_image_and_mirror(models, images, variant):
+    enc = TFLiteEncoder(models[variant], batch_size=7)  # 7: TTA runs across batch boundaries
+    x = images[:20]
+    # By hand through the plain path: the mirror reverses W (axis 2 of NHWC).
+    mean = (enc.encode(x) + enc.encode(x[:, :, ::-1])) / 2
+    relaxed = enc.encode(x, tta=True)
+    np.testing.assert_allclose(relaxed, mean, atol=1e-6)
+    bits = enc.encode_bits(x, tta=True)
+    np.testing.assert_array_equal(bits, pack_bits(mean))
+    np.testing.assert_array_equal(unpack_bits(bits, enc.bits), (mean > 0).astype(np.uint8))
+    assert not np.allclose(relaxed, enc.encode(x))  # the mirror does change the relaxed codes
+
+
+def test_tta_leaves_a_mirror_symmetric_image_unchanged(models, images):
+    half = images[:6, :, :SIZE // 2]
+    symmetric = np.ascontiguousarray(np.concatenate([half, half[:, :, ::-1]], axis=2))
+    np.testing.assert_array_equal(symmetric, symmetric[:, :, ::-1])
+    for variant in ("fp32", "int8_io"):
+        enc = TFLiteEncoder(models[variant])
+        np.testing.assert_allclose(enc.encode(symmetric, tta=True), enc.encode(symmetric), atol=1e-6)
+        np.testing.assert_array_equal(enc.encode_bits(symmetric, tta=True), enc.encode_bits(symmetric))
+
+
 def test_refuses_bad_images_and_options(models, images):
     enc = TFLiteEncoder(models["fp32"])
     with pytest.raises(ValueError, match="uint8"):
@@ -82,6 +107,8 @@ def test_refuses_bad_images_and_options(models, images):
         enc.encode(np.zeros((2, 32, 32, 3), np.uint8))
     with pytest.raises(ValueError, match="batch_size"):
         TFLiteEncoder(models["fp32"], batch_size=0)
+    with pytest.raises(TypeError, match="Received: tta='yes'"):
+        enc.encode(images[:2], tta="yes")
 
 
 def test_refuses_corrupt_model(models, tmp_path):
@@ -116,10 +143,13 @@ DEVICE_SCRIPT = textwrap.dedent("""
         raise SystemExit("the TensorFlow block is not active")
     from mghash_tf.core.description import read_description
     from mghash_tf.core.encoder import TFLiteEncoder
+    from mghash_tf.core.index.packing import pack_bits
     path = sys.argv[1]
     enc = TFLiteEncoder(path)
     x = np.random.default_rng(0).integers(0, 256, (4, enc.input_size, enc.input_size, 3), dtype=np.uint8)
     bits = enc.encode_bits(x)
+    mean = (enc.encode(x) + enc.encode(x[:, :, ::-1])) / 2
+    assert (enc.encode_bits(x, tta=True) == pack_bits(mean)).all()
     assert read_description(path)["variant"] == "int8_io"
     assert not any(m.split(".")[0] in ("tensorflow", "keras") for m in sys.modules)
     print("ok", bits.shape, bits.dtype)

@@ -102,6 +102,7 @@ def test_stats_describe_index_and_model(httpd, model):
     assert status == 200
     assert stats["items"] == len(GOOD) and stats["bits"] == enc.bits == 32
     assert stats["fingerprint"] == photos.index_fingerprint(enc.description)
+    assert stats["tta"] is False
     assert stats["model"]["fingerprint"] == enc.description["fingerprint"]
     assert [s["name"] for s in stats["layout"]["segments"]] == list(enc.layout.names)
     assert stats["granularities"][:2] == ["fine", "coarse"]
@@ -220,6 +221,31 @@ def test_upload_search_returns_the_same_image_first(httpd, library):
     status, answer = get_json(httpd, f"/api/search?granularity={spec}", "POST", body, headers)
     assert status == 200 and answer["results"][0]["name"] == "dogs/c.png"
     assert answer["granularity"] == spec and answer["results"][1]["distance"] > 0
+
+
+def test_uploads_to_a_tta_index_are_encoded_with_tta(library, model, tmp_path, monkeypatch):
+    out = tmp_path / "tta.mgh"
+    photos.index_folder(library, TFLiteEncoder(model), out, tta=True)
+    seen = []
+    original = TFLiteEncoder.encode_bits
+
+    def recording(self, images, *, tta=False):
+        seen.append(tta)
+        return original(self, images, tta=tta)
+
+    monkeypatch.setattr(TFLiteEncoder, "encode_bits", recording)
+    enc = TFLiteEncoder(model)
+    index = photos.load_index_for(out, enc, tta=True)
+    with running_server(out, model, library) as s:
+        assert get_json(s, "/api/stats")[1]["tta"] is True
+        for name in ("cats/b.jpg", "dogs/sub/d.bmp"):
+            seen.clear()
+            status, answer = get_json(s, "/api/search?k=4", "POST", (library / name).read_bytes(),
+                                      {"Content-Type": "application/octet-stream"})
+            assert status == 200 and seen == [True], answer
+            got = [(r["name"], r["distance"]) for r in answer["results"]]
+            assert got[0] == (name, 0)
+            assert got == photos.query_image(library / name, index, enc, 4, tta=True)
 
 
 def test_oversize_upload_is_413(httpd, library):

@@ -111,15 +111,27 @@ class TFLiteEncoder:
                              f"input size). Received: dtype={images.dtype}, shape={images.shape}")
         return images
 
-    def encode(self, images) -> np.ndarray:
-        """uint8 (N, S, S, 3) -> float32 relaxed codes (N, K); ``h > 0`` is bit 1."""
+    def encode(self, images, *, tta: bool = False) -> np.ndarray:
+        """uint8 (N, S, S, 3) -> float32 relaxed codes (N, K); ``h > 0`` is bit 1.
+
+        ``tta``: flip test-time augmentation, as ``mghash_tf.model.encode``: the mean of the
+        relaxed (dequantised) codes of each image and its horizontal mirror (W axis reversed).
+        Averaging comes before the sign, so a bit on which the two views disagree goes to the
+        more confident one; twice the interpreter work.
+        """
         images = self.check_images(images)
+        if not isinstance(tta, bool):
+            raise TypeError(f"`tta` must be a bool. Received: tta={tta!r}")
         out = np.empty((len(images), self.bits), dtype=np.float32)
         for start in range(0, len(images), self.batch_size):
-            stop = start + self.batch_size
-            out[start:stop] = self._run(np.ascontiguousarray(images[start:stop]))
+            batch = images[start:start + self.batch_size]
+            codes = self._run(np.ascontiguousarray(batch))
+            if tta:
+                codes = (codes + self._run(np.ascontiguousarray(batch[:, :, ::-1]))) / np.float32(2)
+            out[start:start + len(batch)] = codes
         return out
 
-    def encode_bits(self, images) -> np.ndarray:
-        """uint8 (N, S, S, 3) -> packed codes (N, ceil(K/64)) uint64 (bit order: index.packing)."""
-        return pack_bits(self.encode(images))
+    def encode_bits(self, images, *, tta: bool = False) -> np.ndarray:
+        """uint8 (N, S, S, 3) -> packed codes (N, ceil(K/64)) uint64 (bit order: index.packing):
+        the bits of :meth:`encode` with the same ``tta``."""
+        return pack_bits(self.encode(images, tta=tta))
