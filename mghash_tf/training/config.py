@@ -22,7 +22,7 @@ RECIPES = {
     # objective, Lookahead weight averaging, flip + 2-px translation, flip TTA for codes.
     "fast": {
         "backbone": "fast_cnn", "image_size": 32, "loss": "ortho", "label_smoothing": 0.2,
-        "optimizer": "sgd", "momentum": 0.85, "nesterov": True, "learning_rate": 0.2,
+        "optimizer": "sgd", "momentum": 0.85, "nesterov": True, "learning_rate": 0.8,
         "schedule": "warmup_linear", "warmup_fraction": 0.23, "weight_decay": 5e-4,
         "batch_size": 512, "frozen_epochs": 10, "weight_averaging": "lookahead",
         "augmentation": "flip_translate", "tta": True, "val_fraction": 0.05,
