@@ -19,7 +19,7 @@ import numpy as np
 from mghash_tf.data import make_dataset
 from mghash_tf.model import get_layout_of, set_backbone_trainable
 from mghash_tf.model.hashing_loss import HashingLoss
-from mghash_tf.training import checkpoints
+from mghash_tf.training import checkpoints, multi_worker
 from mghash_tf.training.callbacks import (Lookahead, RetrievalValidation, Throughput, predict_images,
                                          validation_database)
 from mghash_tf.training.optimizers import make_optimizer
@@ -91,6 +91,8 @@ def run_full(model, stage: Stage, ctx: StageContext) -> StageOutcome:
     with ctx.strategy.scope():
         model.compile(optimizer=make_optimizer(config, learning_rate=stage.learning_rate, steps=steps * stage.epochs),
                       loss=hashing_loss(model, config, ctx.num_classes), jit_compile=config.jit_compile)
+    if multi_worker.in_multi_worker_mode(ctx.strategy):
+        multi_worker.prepare_fit(model, train_ds, ctx.strategy)
     database = splits.train.subset(ctx.database_indices())
     validation = RetrievalValidation(splits.val.x, splits.val.labels, database.x, database.labels,
                                      get_layout_of(model), has_coarse=splits.has_coarse,
@@ -100,7 +102,9 @@ def run_full(model, stage: Stage, ctx: StageContext) -> StageOutcome:
     # averaging next, so validation and checkpoints see the averaged weights.
     averaging = [Lookahead(steps, stage.epochs, first_epoch=stage.initial_epoch)] \
         if config.weight_averaging == "lookahead" else []
-    callbacks = [throughput, *averaging, *stage_callbacks(ctx, model, validation),
+    # Multi-worker: the workers' BatchNorm statistics are averaged before anything reads them.
+    sync = [multi_worker.sync_callback(ctx.strategy)] if multi_worker.in_multi_worker_mode(ctx.strategy) else []
+    callbacks = [throughput, *averaging, *sync, *stage_callbacks(ctx, model, validation),
                  keras.callbacks.BackupAndRestore(str(ctx.out / "backup" / f"stage{stage.number}"))]
     if config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(ctx.out / "tensorboard")))

@@ -28,7 +28,7 @@ from mghash_tf.model import build_model, get_layout_of
 from mghash_tf.model import encode as encode_images
 from mghash_tf.model.saving import save_model_atomic
 from mghash_tf.model.fast_cnn import init_whitening
-from mghash_tf.training import checkpoints, precision
+from mghash_tf.training import checkpoints, multi_worker, precision
 from mghash_tf.training.cached import run_cached
 from mghash_tf.training.stages import Stage, StageContext, run_full
 
@@ -94,15 +94,23 @@ def stages_of(config: TrainConfig) -> list:
 
 
 def train(config: TrainConfig, out_dir, *, image_set=None, verbose="auto") -> TrainResult:
-    """Train per ``config`` into ``out_dir``; re-running on the same directory resumes."""
-    out = Path(out_dir)
+    """Train per ``config`` into ``out_dir``; re-running on the same directory resumes.
+
+    Under ``strategy="multi_worker"`` every worker runs this with its own ``TF_CONFIG``; only
+    the chief writes ``out_dir`` (:mod:`mghash_tf.training.multi_worker`)."""
+    strategy = _strategy(config.strategy)
+    with multi_worker.output_dir(Path(out_dir), strategy) as out:
+        result = _train(config, out, strategy, image_set=image_set, verbose=verbose)
+    return TrainResult(result.model, result.metrics, Path(out_dir))
+
+
+def _train(config: TrainConfig, out: Path, strategy, *, image_set, verbose) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     config.to_json(out / "config.json")
     keras.utils.set_random_seed(config.seed)
     splits = load_splits(config, image_set)
     logger.info("train %d, val %d, test %d", len(splits.train.y_fine), len(splits.val.y_fine),
                 0 if splits.test is None else len(splits.test.y_fine))
-    strategy = _strategy(config.strategy)
     model = _build(config, strategy)
     # Data-set initialisation (fast_cnn's patch whitening); a resumed run restores it with the rest.
     init_whitening(model, splits.train.x, seed=config.seed)
