@@ -77,16 +77,44 @@ def test_weighted_segments():
     assert np.isinf(D[0, -1]) and I[0, -1] == -1
 
 
+def ref_cascade(coarse_row, full_row, shortlist, k):
+    """Brute force: every code within the shortlist-th coarse distance, top k by (full, position)."""
+    boundary = np.sort(coarse_row)[min(shortlist, len(coarse_row)) - 1]
+    short = np.flatnonzero(coarse_row <= boundary)
+    return short[np.argsort(full_row[short], kind="stable")[:k]]
+
+
 def test_cascade_is_shortlist_then_full_rerank():
     index, words, queries, _ = make_index(6000, layout=get_layout("mg64"))
     coarse = ref_distances(queries, words, 64, slice(0, 16))
     full = ref_distances(queries, words, 64)
     D, I = index.cascade(queries, 10, shortlist=50)
     for qi in range(len(queries)):
-        short = np.sort(np.argsort(coarse[qi], kind="stable")[:50])  # positions, insertion order
-        pick = short[np.argsort(full[qi, short], kind="stable")[:10]]
+        pick = ref_cascade(coarse[qi], full[qi], 50, 10)
         np.testing.assert_array_equal(D[qi], full[qi, pick])
         np.testing.assert_array_equal(I[qi], index.ids[pick])
+
+
+def test_cascade_keeps_the_boundary_tie_so_exact_matches_survive():
+    # 400 codes whose 16-bit coarse segment takes two values: a coarse query ties with ~200.
+    rng = np.random.default_rng(3)
+    codes = np.where(rng.random((400, 64)) < 0.5, 1.0, -1.0)
+    codes[:, :16] = np.where(rng.random((400, 1)) < 0.5, 1.0, -1.0)
+    index = HammingIndex(64, get_layout("mg64"))
+    index.add(codes)
+    words = index.codes
+    for qi in (5, 123, 399):  # late items: insertion order alone would cut them from a 10·k list
+        D, I = index.cascade(codes[qi:qi + 1], 5)
+        assert I[0, 0] == qi and D[0, 0] == 0
+        coarse = ref_distances(words[qi:qi + 1], words, 64, slice(0, 16))[0]
+        full = ref_distances(words[qi:qi + 1], words, 64)[0]
+        pick = ref_cascade(coarse, full, 50, 5)
+        np.testing.assert_array_equal(D[0], full[pick])
+        np.testing.assert_array_equal(I[0], index.ids[pick])
+    D, I = index.cascade(codes[:3], 400, shortlist=400)  # shortlist = everything: a full search
+    refD, refI = index.search(codes[:3], 400)
+    np.testing.assert_array_equal(D, refD)
+    np.testing.assert_array_equal(I, refI)
 
 
 def test_range_search_matches_reference():

@@ -170,18 +170,27 @@ class HammingIndex:
     def cascade(self, queries, k: int, *, coarse: str | None = None, shortlist: int | None = None):
         """Coarse-to-fine search: the ``shortlist`` nearest by the ``coarse`` segment (default:
         the first segment, a prefix), re-ranked by the full code. Returns full-code distances.
+
+        The shortlist keeps its whole boundary tie: every code whose coarse distance is at most
+        the ``shortlist``-th smallest one is re-ranked, so the result never depends on insertion
+        order at the cut (an exact match is never dropped because 10·k others share its coarse
+        code). It is the top k by (full distance, insertion order) of that set.
         """
         q = self._as_words(queries, "queries")
         k = inputs.check_int("k", k, 1)
         shortlist = inputs.check_int("shortlist", 10 * k if shortlist is None else shortlist, k)
         coarse = SEGMENT_PREFIX + self.layout.names[0] if coarse is None else coarse
         terms = multigran.resolve_terms(self.layout, coarse)
-        _, cand = linear.linear_topk(self._words, q, shortlist, terms)
         D, P = topk.padded(len(q), k)
         full = distance.full_terms(self._num_words)
-        for i, c in enumerate(cand):
-            c = c[c >= 0]
-            d, p = topk.smallest_of(distance.row_distances(self._words[c], q[i], full), c, k)
+        for i in range(len(q)):
+            dist = distance.row_distances(self._words, q[i], terms)
+            if len(dist) > shortlist:
+                boundary = np.partition(dist, shortlist - 1)[shortlist - 1]
+                cand = np.flatnonzero(dist <= boundary)
+            else:
+                cand = np.arange(len(dist))
+            d, p = topk.smallest_of(distance.row_distances(self._words[cand], q[i], full), cand, k)
             D[i, : len(d)], P[i, : len(p)] = d, p
         return D, self._ids_at(P)
 
