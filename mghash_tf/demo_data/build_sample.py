@@ -16,7 +16,7 @@ import numpy as np
 from mghash_tf.data import sources as data_sources
 from mghash_tf.data import ImageSet, demo_data_path, load_source
 
-TRAIN_PER_CLASS = 500
+TRAIN_PER_CLASS = 1400
 TEST_PER_CLASS = 100
 SEED = 0
 # The source images are JPEG quality 75 with 4:2:0 chroma (shared/data/README.md); re-encoding
