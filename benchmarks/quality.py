@@ -15,10 +15,10 @@ Protocol of the ``mobilenet`` suite (also written into every record):
   to ``--image-size`` inside the model. Its frozen part runs once (:mod:`mghash_tf.training.cached`): the
   training images are cached as themselves and horizontally flipped, and the attention pooling,
   the hash head and the backbone's last stage (``mid`` tap to ``high``, BatchNorm frozen) train on
-  the cache. The trained layers are the full model's, which is saved and checked against the
-  cached path (``full_model_agreement``).
+  the cache. It runs as ``train(TrainConfig(..., stage1_cache=...))`` and
+  ``evaluate(...)``, like any user's run; the saved model is the full one.
 - Model selection: the epoch with the best validation mAP (fine), validation = 10 % of train
-  (stratified, seeded) querying the rest of train. The test split is never used to select.
+  (stratified, seeded) querying a seeded sample of the rest of train. The test split is never used to select.
 - Test: query = the test split, database = the whole train split, mAP@all (every database item
   ranked; queries never lack a relevant item here). ``map`` ranks ties by database order,
   ``map_tie_aware`` is the exact expectation over tie orders.
@@ -74,7 +74,7 @@ def parse_args(argv=None):
     p.add_argument("--fast-epochs", type=int, default=10, help="fast suite: training epochs")
     p.add_argument("--fast-learning-rate", type=float, help="fast suite: override the recipe's rate")
     p.add_argument("--fast-batch-size", type=int, help="fast suite: override the recipe's batch size")
-    p.add_argument("--mixed-precision", help="fast suite: override the recipe's setting (auto)")
+    p.add_argument("--mixed-precision", help="auto (default: bfloat16 where the CPU has it), none, bfloat16, float16")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--models", type=Path, default=ROOT / "runs" / "quality",
@@ -94,127 +94,96 @@ def data_path(name) -> Path:
 
 
 def load(name, args, rng):
-    from mghash_tf.data import load_source, train_val_split
+    """The dataset as one ImageSet (split 0 = train, 1 = test), subsampled for smoke runs."""
+    from mghash_tf.data import load_source
 
     data = load_source(f"npz:{data_path(name)}")
-    train, test = data.subset(data.split == 0), data.subset(data.split == 1)
-    for part, limit in (("train", args.max_train), ("test", args.max_test)):
-        n = len(train if part == "train" else test)
-        if limit and limit < n:
-            idx = np.sort(rng.choice(n, limit, replace=False))
-            train, test = (train.subset(idx), test) if part == "train" else (train, test.subset(idx))
-    fit_idx, val_idx = train_val_split(train, val_fraction=0.1, seed=args.seed)
-    return train, test, fit_idx, val_idx
+    keep = []
+    for split, limit in ((0, args.max_train), (1, args.max_test)):
+        members = np.flatnonzero(data.split == split)
+        keep.append(np.sort(rng.choice(members, limit, replace=False)) if limit and limit < len(members)
+                    else members)
+    return data.subset(np.concatenate(keep))
 
 
-def score(q, db, ql, dl, metric):
-    from mghash_tf.core.metrics import mean_average_precision
+def imagenet_features(image_set, args):
+    """(query, database) features of the untouched ImageNet MobileNetV2: the global average of
+    its last map, computed on a freshly built model (the trained one has a fine-tuned stage)."""
+    import keras
 
-    start = time.perf_counter()
-    stable = mean_average_precision(q, db, ql, dl, metric=metric)
-    tied = mean_average_precision(q, db, ql, dl, metric=metric, tie_aware=True)
-    return {"map": round(float(stable), 5), "map_tie_aware": round(float(tied), 5),
-            "seconds": round(time.perf_counter() - start, 1)}
+    from mghash_tf.evaluation.evaluate import predict
+    from mghash_tf.model import build_model
+
+    model = build_model(backbone="mobilenet_v2", layout="plain16", image_size=args.image_size, input_size=32,
+                        weights=str(WEIGHTS))
+    # The attention layers read the backbone's maps inside the model's graph (after its resize).
+    features = keras.Model(model.input, keras.layers.GlobalAveragePooling2D()(model.get_layer("attention_high").input))
+    return predict(features, image_set.x[image_set.split == 1]), predict(features, image_set.x[image_set.split == 0])
 
 
-def baselines(q_feat, db_feat, ql, dl, bits, seed):
-    from mghash_tf.evaluation import baselines as bl
+def imagenet_records(features, image_set, chosen, base, seed) -> list:
+    """LSH / PCA / ITQ / float cosine on the ImageNet features (``features="imagenet"``) at each
+    granularity's bit count."""
+    from mghash_tf.evaluation.evaluate import baseline_metrics
 
-    for method, hasher in (("itq", bl.ITQ(bits, seed=seed)), ("lsh", bl.LSH(bits, seed=seed)),
-                           ("pca", bl.PCASign(bits))):
-        start = time.perf_counter()
-        hasher.fit(db_feat)
-        fit = time.perf_counter() - start
-        yield method, {**score(hasher.encode(q_feat), hasher.encode(db_feat), ql, dl, "hamming"),
-                       "fit_seconds": round(fit, 1)}
+    q_feat, db_feat = features
+    labels = image_set.labels
+    ql, dl = labels[image_set.split == 1], labels[image_set.split == 0]
+    rows = []
+    for gran, (bits, col) in chosen.items():
+        for method, m in baseline_metrics(q_feat, db_feat, ql[:, col], dl[:, col], len(bits), seed=seed).items():
+            rows.append({**base, "bits": None if method == "float_cosine" else len(bits), "granularity": gran,
+                         "method": method, "features": "imagenet", "map": round(float(m["map"]), 5),
+                         "map_tie_aware": round(float(m["map_tie_aware"]), 5)})
+    return rows
 
 
 def run_dataset(name, args, records, runs, prov):
-    import keras
+    """MobileNetV2 through :func:`~mghash_tf.training.train.train` (stage 1 on the cached trunk)
+    and :func:`~mghash_tf.evaluation.evaluate.evaluate`, one model per layout."""
+    from mghash_tf.evaluation.evaluate import evaluate, select_granularities
+    from mghash_tf.model import get_layout_of
+    from mghash_tf.training.config import STAGE1_CACHE, TrainConfig
+    from mghash_tf.training.train import train
 
-    from mghash_tf.training import cached
-    from mghash_tf.training.callbacks import validation_database
-    from mghash_tf.training.config import TrainConfig
-    from mghash_tf.model import build_model, encode, get_layout_of
-    from mghash_tf.core.granularity import evaluation_granularities
-    from mghash_tf.model.saving import save_model_atomic
+    from quality_fast import best_epoch, records_of
 
-    rng = np.random.default_rng(args.seed)
     wall = time.perf_counter()
-    train, test, fit_idx, val_idx = load(name, args, rng)
-    kw = dict(backbone="mobilenet_v2", image_size=args.image_size, input_size=32, weights=str(WEIGHTS))
-    trunk = cached.split_model(build_model(layout="plain16", **kw), train_stages=args.train_stages).trunk
-    start = time.perf_counter()
-    c_fit, g_fit = cached.extract(trunk, train.x[fit_idx], views=tuple(args.views))
-    c_val, g_val = cached.extract(trunk, train.x[val_idx])
-    c_test, g_test = cached.extract(trunk, test.x)
-    cache_seconds = time.perf_counter() - start
-    labels = train.labels
-    # Validation queries search a fixed sample of the fitting images (first view only).
-    val_db_idx = validation_database(len(fit_idx), VAL_DATABASE, rng)
-    val_db = [a[:1, val_db_idx] for a in c_fit]
-    db_labels, q_labels = labels, test.labels
-
-    def database(fit_part, val_part):
-        out = np.empty((len(labels),) + fit_part.shape[1:], fit_part.dtype)
-        out[fit_idx], out[val_idx] = fit_part, val_part
-        return out
-
-    imagenet_q, imagenet_db = g_test[0], database(g_fit[0], g_val[0])
-    protocol = (f"query = {len(test)} test images, database = {len(train)} train images, mAP@all; "
-                f"MobileNetV2 ImageNet @{args.image_size}px from 32 px, cached trunk"
-                f" + {args.train_stages} trained backbone stage(s), views {'+'.join(args.views)}, "
-                f"{args.epochs} epochs, selection on a {len(val_idx)}-image validation split of train")
-    base = {"dataset": name, "protocol": protocol, "backbone": "mobilenet_v2", "image_size": args.image_size,
-            "n_query": len(test), "n_database": len(train)}
-    done_imagenet_float = set()
+    image_set = load(name, args, np.random.default_rng(args.seed))
+    n_query, n_db = int((image_set.split == 1).sum()), int((image_set.split == 0).sum())
+    imagenet = imagenet_features(image_set, args)
     for layout in args.layouts or DATASETS[name]["layouts"]:
-        keras.utils.set_random_seed(args.seed)
-        model = build_model(layout=layout, **kw)
-        split = cached.split_model(model, train_stages=args.train_stages)
-        config = TrainConfig(frozen_epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                             quantization_weight=args.quantization_weight, seed=args.seed, layout=layout)
-        fit = cached.train_head(split, c_fit, labels[fit_idx], c_val, labels[val_idx], val_db,
-                                labels[fit_idx][val_db_idx], config, verbose=2)
-        codes_q = cached.predict_cached(split.head, c_test)
-        codes_db = database(cached.predict_cached(split.head, c_fit), cached.predict_cached(split.head, c_val))
-        feat_q = cached.predict_cached(split.features, c_test)
-        feat_db = database(cached.predict_cached(split.features, c_fit),
-                           cached.predict_cached(split.features, c_val))
-        n_check = min(256, len(test))
-        agreement = float(np.mean(np.sign(encode(model, test.x[:n_check])) == np.sign(codes_q[:n_check])))
-        out_dir = args.models / f"{name}_{layout}"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_model_atomic(model, out_dir / "model.keras")
-        run = {**base, "layout": layout, "bits": int(codes_q.shape[1]), "epochs": args.epochs,
-               "best_epoch": fit["best_epoch"], "best_val_map_fine": round(fit["best_val_map_fine"], 5),
-               "train_seconds": round(fit["seconds"], 1), "cache_seconds": round(cache_seconds, 1),
-               "train_items_per_second": round(fit["items_per_second"], 1),
-               "full_model_agreement": agreement}
+        config = TrainConfig(
+            backbone="mobilenet_v2", weights=str(WEIGHTS), image_size=args.image_size, input_size=32, layout=layout,
+            stage1_cache=STAGE1_CACHE[args.train_stages + 1], augment="hflip" in args.views,
+            frozen_epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+            quantization_weight=args.quantization_weight, seed=args.seed, val_fraction=0.1,
+            val_database_size=VAL_DATABASE, mixed_precision=args.mixed_precision or "auto")
+        result = train(config, args.models / f"{name}_{layout}", image_set=image_set, verbose=2)
+        epoch, val = best_epoch(result.metrics["history"])
+        protocol = (f"query = {n_query} test images, database = {n_db} train images, mAP@all; "
+                    f"MobileNetV2 ImageNet @{args.image_size}px from 32 px, cached trunk + {args.train_stages} "
+                    f"trained backbone stage(s), views {'+'.join(args.views)}, {args.epochs} epochs, selection "
+                    f"on a {config.val_fraction:.0%} validation split of train")
+        base = {"dataset": name, "suite": "mobilenet", "protocol": protocol, "backbone": "mobilenet_v2",
+                "image_size": args.image_size, "layout": layout, "n_query": n_query, "n_database": n_db}
+        start = time.perf_counter()
+        evaluation = evaluate(result.model, image_set, granularities=DATASETS[name]["granularities"],
+                              baselines=True, seed=args.seed)
+        rows = records_of(evaluation, {**base, "train_seconds": result.metrics["train_seconds"]})
+        chosen = select_granularities(get_layout_of(result.model), image_set.has_coarse,
+                                      list(evaluation["granularities"]))
+        rows += imagenet_records(imagenet, image_set, chosen, base, args.seed)
+        records.extend(rows)
+        run = {**{k: v for k, v in base.items() if k != "protocol"}, **prov, "epochs": args.epochs,
+               "best_epoch": epoch, "best_val_map_fine": val, "train_seconds": result.metrics["train_seconds"],
+               "train_items_per_second": result.metrics["train_images_per_second"],
+               "mixed_precision": result.metrics["mixed_precision"],
+               "eval_seconds": round(time.perf_counter() - start, 1), "config": config.to_dict()}
         runs.append(run)
-        logger.info("trained %s", run)
-        for gran, g in evaluation_granularities(get_layout_of(model)).items():
-            if gran not in DATASETS[name]["granularities"]:
-                continue
-            bits, col = g.bit_indices(), g.label_column
-            ql, dl = q_labels[:, col], db_labels[:, col]
-            rec = {**base, "layout": layout, "bits": len(bits), "granularity": gran}
-            records.append({**rec, "method": "mghash", "features": "model",
-                            **score(codes_q[:, bits], codes_db[:, bits], ql, dl, "hamming"),
-                            "train_seconds": run["train_seconds"]})
-            records.append({**rec, "method": "mghash_float", "features": "model",
-                            **score(codes_q[:, bits], codes_db[:, bits], ql, dl, "cosine")})
-            for features, (fq, fdb) in (("model", (feat_q, feat_db)), ("imagenet", (imagenet_q, imagenet_db))):
-                for method, result in baselines(fq, fdb, ql, dl, len(bits), args.seed):
-                    records.append({**rec, "method": method, "features": features, **result})
-                key = (features, gran)
-                if features == "imagenet" and key in done_imagenet_float:
-                    continue
-                done_imagenet_float.add(key)
-                records.append({**rec, "bits": None, "method": "float_cosine", "features": features,
-                                **score(fq, fdb, ql, dl, "cosine")})
-            logger.info("%s %s %s done", name, layout, gran)
-    runs.append({"dataset": name, **prov, "wall_seconds": round(time.perf_counter() - wall, 1)})
+        logger.info("%s %s: %s", name, layout, {(r["granularity"], r["method"]): r["map"] for r in rows
+                                                  if r["method"] == "mghash"})
+    runs.append({"dataset": name, "suite": "mobilenet", **prov, "wall_seconds": round(time.perf_counter() - wall, 1)})
 
 
 SUITES = {"fast": "fast_cnn from scratch, fast recipe", "mobilenet": "MobileNetV2 ImageNet, cached trunk"}
@@ -247,10 +216,13 @@ def _run_lines(runs, suite) -> list:
         lines += [f"- **{head['dataset']}**: `{head['command']}`, {head['date']}, {head['machine']}; "
                   f"wall time {head['wall_seconds'] / 60:.1f} min (data, training, evaluation)"]
         for r in (r for r in runs if r["dataset"] == head["dataset"] and "layout" in r and suite_of(r) == suite):
-            lines.append(f"  - {r['layout']}: {r['epochs']} epochs, best epoch {r['best_epoch']} "
-                         f"(val mAP {r['best_val_map_fine']:.3f}), training {r['train_seconds'] / 60:.1f} min "
-                         f"at {r['train_items_per_second']:.0f} items/s, trunk cache {r['cache_seconds'] / 60:.1f} "
-                         f"min, full model vs cached path sign agreement {100 * r['full_model_agreement']:.2f} %")
+            line = (f"  - {r['layout']}: {r['epochs']} epochs, best epoch {r['best_epoch']} "
+                    f"(val mAP {r['best_val_map_fine']:.3f}), training {r['train_seconds'] / 60:.1f} min "
+                    f"at {r['train_items_per_second']:.0f} items/s")
+            if "cache_seconds" in r:  # runs of the earlier, hand-written loop
+                line += (f", trunk cache {r['cache_seconds'] / 60:.1f} min, full model vs cached path sign "
+                         f"agreement {100 * r['full_model_agreement']:.2f} %")
+            lines.append(line)
     return lines
 
 

@@ -62,6 +62,7 @@ def test_quick_run_on_the_shared_data(tmp_path, shared_dir):
         for method in ("mghash", "mghash_float", "itq", "lsh", "pca", "float_cosine"):
             assert (gran, method, "model") in methods
     assert all(0 <= r["map"] <= 1 and 0 <= r["map_tie_aware"] <= 1 for r in records)
+    assert {(gran, m, "imagenet") for gran in ("fine", "coarse") for m in ("itq", "lsh", "pca", "float_cosine")} <= methods
     runs = json.loads((tmp_path / "quality_runs.json").read_text())
-    assert runs[0]["full_model_agreement"] > 0.99
+    assert runs[0]["train_seconds"] > 0 and runs[0]["best_epoch"] >= 1 and runs[0]["suite"] == "mobilenet"
     assert (tmp_path / "quality.png").is_file() and (tmp_path / "models" / "tinyimagenet200_mg64" / "model.keras").is_file()
