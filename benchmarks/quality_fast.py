@@ -25,6 +25,10 @@ LAYOUTS = {"cifar10": ["plain64", "plain32", "plain16", "mg64", "scales"], "tiny
 TTA_MODES = ("none", "database", "both")
 # The scales layout is about what fusion adds: its segments are compared with each other only.
 NO_BASELINES = ("scales",)
+# Granularities measured (each costs ~15 mAP@all passes over 10k x 50k): the full code and the
+# coarse labels (for mg64 that is the 16-bit coarse segment); for scales the code and each scale.
+GRANULARITIES = {"scales": ("fine", "seg_low", "seg_mid", "seg_high", "seg_fused")}
+DEFAULT_GRANULARITIES = ("fine", "coarse")
 
 
 def config_for(args, data_spec: str, layout: str):
@@ -81,8 +85,11 @@ def run_dataset(name, path, args, records, runs, prov):
                 "image_size": config.image_size, "layout": layout}
         start = time.perf_counter()
         # Each layout's run record carries its own command, date, machine and wall time.
-        evaluation = evaluate(result.model, image_set, baselines=layout not in NO_BASELINES,
-                              toy_baselines=layout not in NO_BASELINES, tta=TTA_MODES, seed=args.seed)
+        granularities = [g for g in GRANULARITIES.get(layout, DEFAULT_GRANULARITIES)
+                         if g != "coarse" or image_set.has_coarse]
+        evaluation = evaluate(result.model, image_set, granularities=granularities,
+                              baselines=layout not in NO_BASELINES, toy_baselines=layout not in NO_BASELINES,
+                              tta=TTA_MODES, seed=args.seed)
         run = {**base, **prov, "epochs": config.frozen_epochs, "best_epoch": epoch, "best_val_map_fine": val,
                "train_seconds": result.metrics["train_seconds"],
                "train_images_per_second": result.metrics["train_images_per_second"],
