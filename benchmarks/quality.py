@@ -146,7 +146,7 @@ def run_dataset(name, args, records, runs, prov):
     from mghash_tf.training.config import STAGE1_CACHE, TrainConfig
     from mghash_tf.training.train import train
 
-    from quality_fast import best_epoch, records_of
+    from quality_fast import records_of, run_record
 
     wall = time.perf_counter()
     image_set = load(name, args, np.random.default_rng(args.seed))
@@ -160,7 +160,6 @@ def run_dataset(name, args, records, runs, prov):
             quantization_weight=args.quantization_weight, seed=args.seed, val_fraction=0.1,
             val_database_size=VAL_DATABASE, mixed_precision=args.mixed_precision or "auto")
         result = train(config, args.models / f"{name}_{layout}", image_set=image_set, verbose=2)
-        epoch, val = best_epoch(result.metrics["history"])
         protocol = (f"query = {n_query} test images, database = {n_db} train images, mAP@all; "
                     f"MobileNetV2 ImageNet @{args.image_size}px from 32 px, cached trunk + {args.train_stages} "
                     f"trained backbone stage(s), views {'+'.join(args.views)}, {args.epochs} epochs, selection "
@@ -175,12 +174,7 @@ def run_dataset(name, args, records, runs, prov):
                                       list(evaluation["granularities"]))
         rows += imagenet_records(imagenet, image_set, chosen, base, args.seed)
         records.extend(rows)
-        run = {**{k: v for k, v in base.items() if k != "protocol"}, **prov, "epochs": args.epochs,
-               "best_epoch": epoch, "best_val_map_fine": val, "train_seconds": result.metrics["train_seconds"],
-               "train_items_per_second": result.metrics["train_images_per_second"],
-               "mixed_precision": result.metrics["mixed_precision"],
-               "eval_seconds": round(time.perf_counter() - start, 1), "config": config.to_dict()}
-        runs.append(run)
+        runs.append(run_record(base, prov, config, result, start))
         logger.info("%s %s: %s", name, layout, {(r["granularity"], r["method"]): r["map"] for r in rows
                                                   if r["method"] == "mghash"})
     runs.append({"dataset": name, "suite": "mobilenet", **prov, "wall_seconds": round(time.perf_counter() - wall, 1)})
@@ -218,7 +212,7 @@ def _run_lines(runs, suite) -> list:
         for r in (r for r in runs if r["dataset"] == head["dataset"] and "layout" in r and suite_of(r) == suite):
             line = (f"  - {r['layout']}: {r['epochs']} epochs, best epoch {r['best_epoch']} "
                     f"(val mAP {r['best_val_map_fine']:.3f}), training {r['train_seconds'] / 60:.1f} min "
-                    f"at {r['train_items_per_second']:.0f} items/s")
+                    f"at {r.get('train_items_per_second') or r['train_images_per_second']:.0f} items/s")
             if "cache_seconds" in r:  # runs of the earlier, hand-written loop
                 line += (f", trunk cache {r['cache_seconds'] / 60:.1f} min, full model vs cached path sign "
                          f"agreement {100 * r['full_model_agreement']:.2f} %")

@@ -48,6 +48,16 @@ def best_epoch(history: dict):
     return i + 1, round(float(values[i]), 5)
 
 
+def run_record(base: dict, prov: dict, config, result, eval_start: float) -> dict:
+    """The quality_runs.json entry of one trained and evaluated layout."""
+    epoch, val = best_epoch(result.metrics["history"])
+    return {**{k: v for k, v in base.items() if k != "protocol"}, **prov, "epochs": config.frozen_epochs,
+            "best_epoch": epoch, "best_val_map_fine": val, "train_seconds": result.metrics["train_seconds"],
+            "train_images_per_second": result.metrics["train_images_per_second"],
+            "mixed_precision": result.metrics["mixed_precision"],
+            "eval_seconds": round(time.perf_counter() - eval_start, 1), "config": config.to_dict()}
+
+
 def records_of(evaluation: dict, base: dict) -> list:
     """One record per granularity and method, in the quality.json shape."""
     rows = []
@@ -76,7 +86,6 @@ def run_dataset(name, path, args, records, runs, prov):
     for layout in args.layouts or LAYOUTS[name]:
         config = config_for(args, f"npz:{path}", layout)
         result = train(config, args.models / f"fast_{name}_{layout}", image_set=image_set, verbose=2)
-        epoch, val = best_epoch(result.metrics["history"])
         protocol = (f"query = {int((image_set.split == 1).sum())} test images, database = "
                     f"{int((image_set.split == 0).sum())} train images, mAP@all; fast_cnn from scratch, "
                     f"fast recipe, {config.frozen_epochs} epochs, selection on a "
@@ -90,13 +99,7 @@ def run_dataset(name, path, args, records, runs, prov):
         evaluation = evaluate(result.model, image_set, granularities=granularities,
                               baselines=layout not in NO_BASELINES, toy_baselines=layout not in NO_BASELINES,
                               tta=TTA_MODES, seed=args.seed)
-        run = {**base, **prov, "epochs": config.frozen_epochs, "best_epoch": epoch, "best_val_map_fine": val,
-               "train_seconds": result.metrics["train_seconds"],
-               "train_images_per_second": result.metrics["train_images_per_second"],
-               "mixed_precision": result.metrics["mixed_precision"],
-               "eval_seconds": round(time.perf_counter() - start, 1),
-               "wall_seconds": round(time.perf_counter() - wall, 1), "config": config.to_dict()}
-        del run["protocol"]
+        run = {**run_record(base, prov, config, result, start), "wall_seconds": round(time.perf_counter() - wall, 1)}
         runs.append(run)
         rows = records_of(evaluation, {**base, "train_seconds": run["train_seconds"]})
         records.extend(rows)
