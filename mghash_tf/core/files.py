@@ -8,10 +8,16 @@ synced so the rename itself survives a power cut.
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import tempfile
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, stale temporary files are left alone
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
@@ -19,11 +25,17 @@ logger = logging.getLogger(__name__)
 @contextlib.contextmanager
 def atomic_path(path, *, suffix: str = ".tmp"):
     """Yields a temporary path next to ``path`` to write; on success it replaces ``path``, on
-    any error it is removed and ``path`` stays as it was."""
+    any error it is removed and ``path`` stays as it was.
+
+    The writer holds an advisory lock on its temporary file while it works, so a temporary file
+    nobody holds belongs to a writer that died (``kill -9``, power cut): the next save of the
+    same target removes those (POSIX; elsewhere they stay)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
+    prefix = f".{path.name}."
+    remove_stale_temps(path.parent, prefix, suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
+    _try_lock(fd)  # held until the fd closes, i.e. until this writer is done or dead
     try:
         yield Path(tmp)
         os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
@@ -31,7 +43,41 @@ def atomic_path(path, *, suffix: str = ".tmp"):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        os.close(fd)
     fsync_dir(path.parent)
+
+
+def _try_lock(fd: int) -> bool:
+    """A non-blocking exclusive advisory lock; False when another holds it (or no fcntl)."""
+    if fcntl is None:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def remove_stale_temps(folder: Path, prefix: str, suffix: str) -> list:
+    """Remove ``folder/prefix*suffix`` files that no live writer holds; returns their paths."""
+    if fcntl is None:
+        return []
+    removed = []
+    for candidate in Path(folder).glob(f"{glob.escape(prefix)}*{glob.escape(suffix)}"):
+        try:
+            fd = os.open(candidate, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if _try_lock(fd):
+                candidate.unlink(missing_ok=True)
+                removed.append(candidate)
+        finally:
+            os.close(fd)
+    if removed:
+        logger.info("removed %d stale temporary file(s) of %s*", len(removed), Path(folder) / prefix)
+    return removed
 
 
 @contextlib.contextmanager

@@ -33,6 +33,9 @@ MAGIC = b"\x89MGHIDX\n"
 FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<8sII")
 _DIGEST = 32
+# A header is a few levels deep (header -> layout -> segments -> segment -> values).
+MAX_HEADER_DEPTH = 8
+MAX_ID = int(np.iinfo(np.int64).max)
 ARRAY_DTYPES = ("<u8", "<i8", "<f8", "<f4", "<i4", "<u4", "<i2", "<u2", "|i1", "|u1", "|b1")
 
 
@@ -69,6 +72,8 @@ def load_index(cls, path, *, expect_fingerprint=None):
                   extras=extras or None)
         if not isinstance(header["next_id"], int) or header["next_id"] < index.next_id:
             raise ValueError(f"next_id {header['next_id']!r} is below the stored ids")
+        if header["next_id"] > MAX_ID:
+            raise ValueError(f"next_id {header['next_id']} is beyond int64 ids (at most {MAX_ID})")
         index._next_id = header["next_id"]
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"Index file {path} is invalid: {err}") from err
@@ -105,7 +110,14 @@ def read_container(path):
     end = len(data) - _DIGEST
     if _PREFIX.size + hlen > end:
         raise ValueError(f"{path} is invalid: header length {hlen} exceeds the file.")
-    header = json.loads(data[_PREFIX.size : _PREFIX.size + hlen].decode("utf-8"))
+    try:
+        header = json.loads(data[_PREFIX.size : _PREFIX.size + hlen].decode("utf-8"))
+    except RecursionError:
+        raise ValueError(f"{path} is invalid: the header nests deeper than JSON can be read.") from None
+    except ValueError as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ValueError(f"{path} is invalid: the header is not UTF-8 JSON ({err}).") from None
+    if _depth(header) > MAX_HEADER_DEPTH:
+        raise ValueError(f"{path} is invalid: the header nests deeper than {MAX_HEADER_DEPTH} levels.")
     if not isinstance(header, dict) or not isinstance(header.get("sections"), list):
         raise ValueError(f"{path} is invalid: the header has no section list.")
     sections, offset = {}, _align(_PREFIX.size + hlen)
@@ -174,6 +186,19 @@ def _decode(data, offset, end, meta, path):
         strings = [blob[a:b].decode("utf-8", "surrogateescape") for a, b in zip(offs, offs[1:])]
         return strings, size
     raise bad
+
+
+def _depth(value, level: int = 1) -> int:
+    """Nesting depth of parsed JSON (iterative, so a crafted header cannot recurse)."""
+    deepest, stack = 0, [(value, level)]
+    while stack:
+        item, d = stack.pop()
+        deepest = max(deepest, d)
+        if d > MAX_HEADER_DEPTH:
+            break
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack.extend((c, d + 1) for c in children if isinstance(c, (dict, list)))
+    return deepest
 
 
 def _is_count(x) -> bool:
