@@ -209,6 +209,9 @@ class Handler(BaseHTTPRequestHandler):
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
+    # The listen backlog: the standard library's 5 reset connections when a page asks for its
+    # 60 thumbnails at once.
+    request_queue_size = 128
 
     def __init__(self, address, app: App):
         self.app = app

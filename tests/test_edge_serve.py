@@ -505,3 +505,30 @@ def test_serve_command_bad_arguments(index_file, model, library, capsys, argv, m
     base.update(dict(zip(argv[::2], argv[1::2])))
     assert main(["serve", *[x for kv in base.items() for x in kv]]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_burst_of_connections_waits_in_the_backlog_instead_of_being_reset(index_file, model, library):
+    """60 clients connect before the server accepts anything (a page asking for 60 thumbnails):
+    all are queued by the listen backlog, then all are answered."""
+    import socket
+
+    httpd = server.make_server(index_file, model, library, port=0)
+    host, port = httpd.server_address[:2]
+    clients, thread = [], None
+    try:
+        for _ in range(60):
+            clients.append(socket.create_connection((host, port), timeout=2))  # times out past the backlog
+        for c in clients:
+            c.sendall(f"GET /api/stats HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        for c in clients:
+            c.settimeout(30)
+            status_line = c.recv(12)
+            assert status_line.startswith(b"HTTP/") and status_line.endswith(b" 200"), status_line
+    finally:
+        for c in clients:
+            c.close()
+        if thread is not None:
+            httpd.shutdown()
+        httpd.server_close()
