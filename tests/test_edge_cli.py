@@ -276,16 +276,16 @@ def test_granularity_args_each_form():
     assert granularity.search_args(mg, None) == {"granularity": None, "weights": None}
     assert granularity.search_args(mg, "fine") == {"granularity": None, "weights": None}
     assert granularity.search_args(mg, "full") == {"granularity": None, "weights": None}
-    assert granularity.search_args(mg, "coarse") == {"granularity": "coarse", "weights": None}
-    assert granularity.search_args(mg, "segment:fine") == {"granularity": "segment:fine", "weights": None}
+    assert granularity.search_args(mg, "coarse") == {"granularity": "coarse", "weights": None, "ties": "code"}
+    assert granularity.search_args(mg, "segment:fine") == {"granularity": "segment:fine", "weights": None, "ties": "code"}
     scales = get_layout("scales")
-    assert granularity.search_args(scales, "mid") == {"granularity": "mid", "weights": None}
+    assert granularity.search_args(scales, "mid") == {"granularity": "mid", "weights": None, "ties": "code"}
     assert granularity.search_args(scales, "scales:low=1,mid=0.5") == {
         "granularity": None, "weights": {"low": 1.0, "mid": 0.5}}
     two_coarse = get_layout({"segments": [{"name": "c1", "bits": 8, "label_level": "coarse"},
                                           {"name": "c2", "bits": 8, "label_level": "coarse"},
                                           {"name": "f", "bits": 16}]})
-    assert granularity.search_args(two_coarse, "coarse") == {"granularity": ["c1", "c2"], "weights": None}
+    assert granularity.search_args(two_coarse, "coarse") == {"granularity": ["c1", "c2"], "weights": None, "ties": "code"}
 
 
 @pytest.mark.parametrize("layout, spec, message", [

@@ -198,3 +198,31 @@ def test_smallest_rows_randomised_against_argsort():
         refD, refP = ref_knn(dist[:, :n].astype(np.int64), k)
         np.testing.assert_array_equal(P, refP)
         np.testing.assert_array_equal(D, refD)
+
+
+def test_code_ties_rank_a_coarse_class_by_the_whole_code():
+    # A 16-bit coarse segment with two values: a coarse query ties with about half the index.
+    rng = np.random.default_rng(5)
+    codes = np.where(rng.random((500, 64)) < 0.5, 1.0, -1.0)
+    codes[:, :16] = np.where(rng.random((500, 1)) < 0.5, 1.0, -1.0)
+    index = HammingIndex(64, get_layout("mg64"))
+    index.add(codes, ids=np.arange(500)[::-1] * 3)  # ids unlike positions
+    words = index.codes
+    for qi in (0, 250, 499):
+        coarse = ref_distances(words[qi:qi + 1], words, 64, slice(0, 16))[0]
+        full = ref_distances(words[qi:qi + 1], words, 64)[0]
+        for k in (1, 10, 300, 500, 600):
+            D, I = index.search(codes[qi:qi + 1], k, granularity="coarse", ties="code")
+            ref = np.lexsort((np.arange(500), full, coarse))[:k]  # brute force over every code
+            got = min(k, 500)
+            np.testing.assert_array_equal(D[0, :got], coarse[ref])
+            np.testing.assert_array_equal(I[0, :got], index.ids[ref])
+            assert (I[0, got:] == -1).all()
+        D, I = index.search(codes[qi:qi + 1], 5, granularity="coarse", ties="code")
+        assert I[0, 0] == index.ids[qi]  # the photo itself comes first, not the first-inserted tie
+    insertion = index.search(codes[499:500], 5, granularity="coarse")[1]
+    assert insertion[0, 0] != index.ids[499]  # FAISS's rule: the earliest-inserted ties
+    with pytest.raises(ValueError, match="ties"):
+        index.search(codes[:1], 5, ties="nearest")
+    with pytest.raises(ValueError, match="ties='code' goes with"):
+        index.search(codes[:1], 5, granularity="coarse", ties="code", method="mih")

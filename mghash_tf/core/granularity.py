@@ -158,8 +158,11 @@ def search_args(layout: CodeLayout, spec) -> dict:
     g = resolve(layout, spec)
     if g.whole_code:
         return {"granularity": None, "weights": None}
+    # Part of the code: distance ties are ordered by the whole code (``HammingIndex.search``'s
+    # ``ties="code"``), so a coarse query returns its class nearest first.
     if len(g.segments) > 1:
-        return {"granularity": list(g.segments), "weights": None}
+        return {"granularity": list(g.segments), "weights": None, "ties": "code"}
     name = g.segments[0]
     # A segment named like a vocabulary word (mg64's ``fine``) must stay a segment for the index.
-    return {"granularity": SEGMENT_PREFIX + name if name in WHOLE_CODE else name, "weights": None}
+    return {"granularity": SEGMENT_PREFIX + name if name in WHOLE_CODE else name, "weights": None,
+            "ties": "code"}

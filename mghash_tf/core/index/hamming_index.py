@@ -24,6 +24,7 @@ from mghash_tf.core.layout import get_layout
 logger = logging.getLogger(__name__)
 
 METHODS = ("auto", "linear", "mih")
+TIES = ("insertion", "code")
 
 
 class HammingIndex:
@@ -123,7 +124,8 @@ class HammingIndex:
             self._mih = None
         return count
 
-    def search(self, queries, k: int, *, granularity=None, weights=None, method: str = "auto"):
+    def search(self, queries, k: int, *, granularity=None, weights=None, method: str = "auto",
+               ties: str = "insertion"):
         """k nearest codes per query: ``(D (Q, k), I (Q, k))``, padded with -1 ids.
 
         ``granularity``: None or ``"fine"`` (full code), ``"coarse"`` (the coarse-labelled
@@ -132,11 +134,23 @@ class HammingIndex:
         are then the float64 weighted sums (padding ``inf``), else int32 (padding ``2**31-1``).
         ``method``: ``"linear"`` scan, ``"mih"`` (multi-index hashing, full code only, built on
         first use) or ``"auto"`` (MIH when one has been built, else linear). All are exact.
+        ``ties``: how equal distances are ordered: ``"insertion"`` (FAISS's rule) or, for a
+        granularity, ``"code"``: by the whole code's distance, then insertion. A 16-bit coarse
+        segment takes a few values, so a coarse query ties with its whole class; ``"code"``
+        returns that class nearest first (D stays the granularity's distance).
         """
         q = self._as_words(queries, "queries")
         k = inputs.check_int("k", k, 1)
         if method not in METHODS:
             raise ValueError(f"`method` must be one of {METHODS}. Received: method={method!r}")
+        if ties not in TIES:
+            raise ValueError(f"`ties` must be one of {TIES}. Received: ties={ties!r}")
+        if ties == "code" and granularity is not None:
+            if weights is not None or method == "mih":
+                raise ValueError("ties='code' goes with a granularity and method 'linear' or 'auto'. "
+                                 f"Received: weights={weights!r}, method={method!r}")
+            D, P = self._code_tie_topk(q, k, multigran.resolve_terms(self.layout, granularity))
+            return D, self._ids_at(P)
         if weights is not None:
             if granularity is not None or method == "mih":
                 raise ValueError(
@@ -222,6 +236,22 @@ class HammingIndex:
     def to_faiss(self, kind: str = "flat", **kwargs):
         """A FAISS binary index with the same codes and ids (``faiss_export.to_faiss``)."""
         return faiss_export.to_faiss(self, kind, **kwargs)
+
+    def _code_tie_topk(self, q, k, terms):
+        """Top k by (granularity distance, whole-code distance, insertion): every code inside
+        the k-th granularity distance is re-ranked, so the order is exact."""
+        D, P = topk.padded(len(q), k)
+        full = distance.full_terms(self._num_words)
+        for i in range(len(q)):
+            dist = distance.row_distances(self._words, q[i], terms)
+            if len(dist) > k:
+                cand = np.flatnonzero(dist <= np.partition(dist, k - 1)[k - 1])
+            else:
+                cand = np.arange(len(dist))
+            whole = distance.row_distances(self._words[cand], q[i], full)
+            order = np.lexsort((cand, whole, dist[cand]))[:k]
+            D[i, : len(order)], P[i, : len(order)] = dist[cand][order], cand[order]
+        return D, P
 
     def _weighted_topk(self, q, k, weights):
         weighted = multigran.resolve_weights(self.layout, weights)
