@@ -17,7 +17,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=field.name, default=None, action=argparse.BooleanOptionalAction)
         elif field.type in ("int", "int | None"):
             parser.add_argument(flag, dest=field.name, default=None, type=int)
-        elif field.type == "float":
+        elif field.type in ("float", "float | None"):
             parser.add_argument(flag, dest=field.name, default=None, type=float)
         else:
             parser.add_argument(flag, dest=field.name, default=None)
@@ -93,6 +93,15 @@ def cmd_evaluate(args) -> int:
     compared = [json.loads(_evaluation_file(p).read_text()) for p in args.compare]
     model = load_model(args.model)
     image_set = ev.load_data(args.data, model)
+    if image_set.split is None:  # the model's own training split, unless the flags give one
+        trained = Path(args.model) if Path(args.model).is_dir() else Path(args.model).parent
+        config = TrainConfig.from_json(trained / "config.json") if (trained / "config.json").exists() else None
+        fraction = args.test_fraction if args.test_fraction is not None else getattr(config, "test_fraction", None)
+        seed = args.split_seed if args.split_seed is not None else getattr(config, "seed", 1)
+        if fraction is not None:
+            from mghash_tf.data import with_test_split
+
+            image_set = with_test_split(image_set, fraction, seed=seed)
     granularities = args.granularity.split(",") if args.granularity else None
     result = ev.evaluate(model, image_set, granularities=granularities, baselines=args.baselines,
                          robustness=args.robustness, max_query=args.max_query, max_db=args.max_db,
@@ -138,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--compare", nargs="*", default=[],
                    help="earlier evaluation.json files or evaluate --out directories (other bit counts) "
                         "for the mAP-vs-bits plot")
+    e.add_argument("--test-fraction", type=float, default=None,
+                   help="data without a split: seeded stratified test fraction (default: the model's config.json)")
+    e.add_argument("--split-seed", type=int, default=None, help="its seed (default: the model's training seed)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", required=True, help="directory for evaluation.json and the PNGs")
     e.set_defaults(func=cmd_evaluate)

@@ -3,6 +3,7 @@
 import io
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,7 +51,7 @@ def test_image_set_defaults_labels_and_subset():
     ({"y_fine": np.array([0])}, "`y_fine` must be integers of shape (2,)"),
     ({"y_fine": np.array([0, -1])}, "`y_fine` must be >= 0"),
     ({"class_names_fine": ("a",)}, "`class_names_fine` must name every label"),
-    ({"split": np.array([0, 2])}, "`split` must be None"),
+    ({"split": np.array([0, 3])}, "`split` must be None"),
     ({"paths": ("a",)}, "`paths` must have one entry per image"),
 ])
 def test_image_set_rejects_bad_fields(kwargs, message):
@@ -185,14 +186,64 @@ def test_folder_nested_gives_two_levels(tmp_path):
     for coarse, fines in {"vehicle": ["truck", "car"], "animal": ["dog", "cat"]}.items():
         for j, fine in enumerate(fines):
             for k in range(2 + j):
-                folder = root / coarse / fine / ("deeper" if k == 2 else "")
-                _solid(folder / f"{k}.png", (10 * k, 0, 0))
+                _solid(root / coarse / fine / f"{k}.png", (10 * k, 0, 0))
     _solid(root / "animal" / "loose.png", RED)
     s = load_source(f"folder:{root}", image_size=8)
     assert s.class_names_coarse == ("animal", "vehicle") and s.class_names_fine == ("cat", "dog", "car", "truck")
     assert s.has_coarse and len(s) == 10
     assert list(s.y_fine) == [0, 0, 0, 1, 1, 2, 2, 2, 3, 3] and list(s.y_coarse) == [0] * 5 + [1] * 5
     assert s.skipped == ((str(root / "animal" / "loose.png"), "not inside a fine-class folder"),)
+
+
+def test_folder_deeper_than_coarse_fine_is_refused_with_the_paths(tmp_path):
+    for fine in ("cat", "dog"):
+        _solid(tmp_path / "animal" / fine / "0.png", RED)
+        _solid(tmp_path / "other" / fine / "0.png", RED)
+    _solid(tmp_path / "animal" / "dog" / "puppies" / "1.png", RED)
+    with pytest.raises(ValueError, match=r"deeper than root/<coarse>/<fine>.*puppies.*Accepted layouts"):
+        load_source(f"folder:{tmp_path}", image_size=8)
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_folder_split_subfolders_become_splits(tmp_path, nested):
+    classes = {"animal": ["cat", "dog"], "vehicle": ["car"]}
+    counts = {"train": 3, "test": 2, "val": 1}
+    for split, n in counts.items():
+        for coarse, fines in classes.items():
+            for fine in fines:
+                folder = tmp_path / split / coarse / fine if nested else tmp_path / split / fine
+                for k in range(n):
+                    _solid(folder / f"{k}.png", (10 * k, 0, 0))
+    s = load_source(f"folder:{tmp_path}", image_size=8)
+    assert s.class_names_fine == (("cat", "dog", "car") if nested else ("car", "cat", "dog"))
+    assert s.has_coarse == nested and len(s) == 3 * 6
+    for split, code in (("train", 0), ("test", 1), ("val", 2)):
+        mine = [p for p, c in zip(s.paths, s.split) if c == code]
+        assert len(mine) == 3 * counts[split] and all(f"/{split}/" in p for p in mine)
+    # labels do not depend on the split: the same class folder gives the same label everywhere
+    by_class = {}
+    for path, y in zip(s.paths, s.y_fine):
+        by_class.setdefault(Path(path).parent.name, set()).add(int(y))
+    assert all(len(v) == 1 for v in by_class.values()) and len(by_class) == 3
+
+
+def test_folder_split_errors(tmp_path):
+    _solid(tmp_path / "a" / "train" / "cat" / "0.png", RED)
+    _solid(tmp_path / "a" / "train" / "dog" / "0.png", RED)
+    _solid(tmp_path / "a" / "cats" / "0.png", RED)
+    with pytest.raises(ValueError, match=r"mixes split folders \['train'\] with other folders \['cats'\]"):
+        load_source(f"folder:{tmp_path / 'a'}", image_size=8)
+    for split in ("train", "val", "validation"):
+        for fine in ("cat", "dog"):
+            _solid(tmp_path / "b" / split / fine / "0.png", RED)
+    with pytest.raises(ValueError, match="two folders for one split"):
+        load_source(f"folder:{tmp_path / 'b'}", image_size=8)
+    for fine in ("cat", "dog"):
+        _solid(tmp_path / "c" / "train" / fine / "0.png", RED)
+        _solid(tmp_path / "c" / "test" / "pets" / fine / "0.png", RED)
+    _solid(tmp_path / "c" / "test" / "wild" / "fox" / "0.png", RED)
+    with pytest.raises(ValueError, match="split folders differ in layout"):
+        load_source(f"folder:{tmp_path / 'c'}", image_size=8)
 
 
 def test_folder_nested_repeated_fine_names_are_qualified(tmp_path):

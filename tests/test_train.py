@@ -124,3 +124,59 @@ def test_mixed_precision_and_xla_switches(tmp_path):
     assert result.model.output.dtype == "float32"  # codes and losses stay float32
     assert keras.mixed_precision.global_policy().name == "float32"  # not leaked to later models
     assert 0.0 < result.metrics["test"]["map_fine"] <= 1.0
+
+
+def test_test_fraction_splits_an_unsplit_folder_and_evaluate_reuses_it(tmp_path):
+    """A folder without split folders: ``--test-fraction`` gives train a test split, and
+    ``evaluate`` on the same folder rebuilds the very same split from the model's config."""
+    from PIL import Image
+
+    from mghash_tf.cli import main
+    from mghash_tf.data import load_source, with_test_split
+
+    s = toy_set(n_per_class=10)
+    for i, (img, y) in enumerate(zip(s.x, s.y_fine)):
+        folder = tmp_path / "photos" / s.class_names_fine[y]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(folder / f"{i:03d}.png")
+    folder_set = load_source(f"folder:{tmp_path / 'photos'}", image_size=16)
+    assert folder_set.split is None
+    a = with_test_split(folder_set, 0.25, seed=3)
+    b = with_test_split(folder_set, 0.25, seed=3)
+    np.testing.assert_array_equal(a.split, b.split)
+    assert [int((a.split[a.y_fine == c] == 1).sum()) for c in range(4)] == [3, 3, 3, 3]  # stratified
+    with pytest.raises(ValueError, match="`test_fraction` is for data without a split"):
+        with_test_split(a, 0.25)
+    assert main(["train", "--data", f"folder:{tmp_path / 'photos'}", "--out", str(tmp_path / "run"),
+                 "--image-size", "16", "--layout", "32", "--frozen-epochs", "1", "--batch-size", "8",
+                 "--test-fraction", "0.25", "--val-fraction", "0.2", "--val-database-size", "16",
+                 "--verbose", "0"]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert "test" in metrics
+    assert main(["evaluate", "--model", str(tmp_path / "run"), "--data", f"folder:{tmp_path / 'photos'}",
+                 "--no-baselines", "--out", str(tmp_path / "eval")]) == 0
+    evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert evaluation["num_query"] == 12 and evaluation["num_db"] == 28
+    # ... and they are the training run's test images: the split of its seed gives the same mAP.
+    from mghash_tf.evaluation.evaluate import evaluate
+    from mghash_tf.model.saving import load_model
+
+    seed = TrainConfig.from_json(tmp_path / "run" / "config.json").seed
+    expected = evaluate(load_model(tmp_path / "run"), with_test_split(folder_set, 0.25, seed=seed), baselines=False)
+    assert evaluation["granularities"]["fine"]["methods"]["mghash"]["map"] == pytest.approx(
+        expected["granularities"]["fine"]["methods"]["mghash"]["map"])
+
+
+def test_a_given_validation_split_is_used_instead_of_a_carved_one():
+    import dataclasses
+
+    from mghash_tf.training.train import load_splits
+
+    s = toy_set(n_per_class=12)
+    split = s.split.copy()
+    split[np.flatnonzero(split == 0)[::5]] = 2  # a val/ folder
+    given = dataclasses.replace(s, split=split)
+    splits = load_splits(tiny_config(), given)
+    assert len(splits.val.y_fine) == int((split == 2).sum()) and len(splits.train.y_fine) == int((split == 0).sum())
+    np.testing.assert_array_equal(splits.val.x, s.x[split == 2])
+    np.testing.assert_array_equal(splits.test.x, s.x[split == 1])

@@ -99,12 +99,16 @@ def _class_names(name, names, y):
     return names
 
 
+SPLITS = (0, 1, 2)  # train, test, validation (given, e.g. a val/ folder)
+
+
 def _split_array(split, n):
     if split is None:
         return None
     split = np.asarray(split)
-    if split.shape != (n,) or (n and not np.isin(split, (0, 1)).all()):
-        raise ValueError(f"`split` must be None or ({n},) values in {{0, 1}}. Received: split.shape={split.shape}")
+    if split.shape != (n,) or (n and not np.isin(split, SPLITS).all()):
+        raise ValueError(f"`split` must be None or ({n},) values in {{0, 1, 2}} (train, test, validation). "
+                         f"Received: split.shape={split.shape}, values {np.unique(split)[:5].tolist()}")
     return split.astype(np.uint8)
 
 
@@ -172,6 +176,20 @@ def save_npz(image_set: ImageSet, path, *, jpeg_quality: int | None = None) -> N
         fields.pop("y_coarse")
         fields.pop("class_names_coarse")
     data_sources.write_npz(path, fields, jpeg_quality=jpeg_quality)
+
+
+def with_test_split(image_set: ImageSet, test_fraction: float, *, seed: int = 0) -> ImageSet:
+    """``image_set`` with a seeded test split stratified by fine label (split 1), the rest train
+    (split 0): the same seed gives the same split on every machine. For sources without one."""
+    if image_set.split is not None:
+        raise ValueError("`test_fraction` is for data without a split, and this data has one "
+                         f"(values {np.unique(image_set.split).tolist()}). Received: test_fraction={test_fraction!r}")
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
+        raise ValueError(f"`test_fraction` must be in (0, 1). Received: test_fraction={test_fraction!r}")
+    _, test = train_val_split(image_set, val_fraction=test_fraction, seed=seed)
+    split = np.zeros(len(image_set), np.uint8)
+    split[test] = 1
+    return dataclasses.replace(image_set, split=split)
 
 
 def train_val_split(image_set_or_labels, *, val_fraction: float = 0.1, seed: int = 0):

@@ -145,62 +145,107 @@ def _files_under(folder: Path):
         part.startswith(".") for part in p.relative_to(folder).parts))
 
 
+# Split folders as ``keras.utils.image_dataset_from_directory`` / tfds ``ImageFolder`` users lay
+# them out: ROOT/<split>/<class>/... or ROOT/<split>/<coarse>/<fine>/...
+SPLIT_FOLDERS = {"train": 0, "test": 1, "val": 2, "validation": 2}
+LAYOUTS_HELP = ("root/<class>/*.jpg, root/<coarse>/<fine>/*.jpg, or either one under split folders "
+                "root/train/..., root/test/..., root/val/...")
+
+
+def _subdirs(folder: Path):
+    return _visible(d for d in folder.iterdir() if d.is_dir())
+
+
 def _scan(root: Path):
     """-> [(coarse name or None, fine name, files)], plus files lying outside class folders."""
-    top = _visible(d for d in root.iterdir() if d.is_dir())
-    nested = {d: bool(_visible(s for s in d.iterdir() if s.is_dir())) for d in top}
+    top = _subdirs(root)
+    nested = {d: bool(_subdirs(d)) for d in top}
     if any(nested.values()) and not all(nested.values()):
         raise ValueError(f"folder source {root} mixes layouts: {[d.name for d in top if nested[d]]} hold "
-                         f"subfolders, {[d.name for d in top if not nested[d]]} do not. Use root/<class>/*.jpg "
-                         "or root/<coarse>/<fine>/*.jpg throughout")
+                         f"subfolders, {[d.name for d in top if not nested[d]]} do not. Use {LAYOUTS_HELP} "
+                         "throughout")
     if not any(nested.values()):
         return [(None, d.name, _files_under(d)) for d in top], []
     if len(top) < 2:
         raise ValueError(f"folder source {root} has one coarse folder ({top[0].name!r}): a nested layout needs "
                          "at least two; point the source at that folder for a one-level layout")
+    deeper = [str(sub) for coarse in top for fine in _subdirs(coarse) for sub in _subdirs(fine)]
+    if deeper:
+        raise ValueError(f"folder source {root} is deeper than root/<coarse>/<fine>/*.jpg: "
+                         f"{deeper[:5]}{' ...' if len(deeper) > 5 else ''} ({len(deeper)} folder(s)) lie below "
+                         f"a fine-class folder. Accepted layouts: {LAYOUTS_HELP}")
     classes, loose = [], []
     for coarse in top:
         loose += _visible(p for p in coarse.iterdir() if p.is_file())
-        fines = _visible(s for s in coarse.iterdir() if s.is_dir())
-        classes += [(coarse.name, d.name, _files_under(d)) for d in fines]
+        classes += [(coarse.name, d.name, _files_under(d)) for d in _subdirs(coarse)]
     return classes, loose
 
 
+def _split_folders(root: Path) -> list:
+    """``[(split code, folder)]`` when ``root`` holds split folders (a ``train`` one among them),
+    else ``[]``; a mix of split and other folders is an error."""
+    top = _subdirs(root)
+    named = [d for d in top if d.name.lower() in SPLIT_FOLDERS]
+    if not any(d.name.lower() == "train" for d in named):
+        return []
+    others = [d.name for d in top if d not in named]
+    if others:
+        raise ValueError(f"folder source {root} mixes split folders {[d.name for d in named]} with other "
+                         f"folders {others}. Accepted layouts: {LAYOUTS_HELP}")
+    codes = [SPLIT_FOLDERS[d.name.lower()] for d in named]
+    if len(set(codes)) < len(codes):
+        raise ValueError(f"folder source {root} has two folders for one split: {[d.name for d in named]}")
+    return list(zip(codes, named))
+
+
 def read_folder(root, *, image_size: int) -> dict:
-    """``root/<class>/*`` (one level) or ``root/<coarse>/<fine>/*`` (two levels)."""
+    """``root/<class>/*`` (one level) or ``root/<coarse>/<fine>/*`` (two levels), either one
+    directly or under split folders ``train`` / ``test`` / ``val`` (``validation``): split 0, 1, 2."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"folder source not found: {root}")
-    classes, loose = _scan(root)
-    files = [f for _, _, fs in classes for f in fs]
-    arrays, skipped = decode_files(files, image_size)
-    skipped = [(str(p), "not inside a fine-class folder") for p in loose] + skipped
-    keep = [(c, f, [(str(p), a) for p, a in zip(fs, arrays[start:start + len(fs)]) if a is not None])
-            for (c, f, fs), start in zip(classes, np.cumsum([0] + [len(fs) for _, _, fs in classes]))]
-    empty = [f if c is None else f"{c}/{f}" for c, f, items in keep if not items]
-    keep = [k for k in keep if k[2]]
-    _warn_skipped(f"folder source {root}", skipped, len(files) + len(loose), empty)
-    if len(keep) < 2:
+    splits = _split_folders(root) or [(None, root)]
+    groups, skipped, total = [], [], 0
+    for code, folder in splits:
+        classes, loose = _scan(folder)
+        files = [f for _, _, fs in classes for f in fs]
+        arrays, bad = decode_files(files, image_size)
+        skipped += [(str(p), "not inside a fine-class folder") for p in loose] + bad
+        total += len(files) + len(loose)
+        starts = np.cumsum([0] + [len(fs) for _, _, fs in classes])
+        groups += [(c, f, [(str(p), a) for p, a in zip(fs, arrays[i:i + len(fs)]) if a is not None], code)
+                   for (c, f, fs), i in zip(classes, starts)]
+    if len({c is None for c, _, _, _ in groups}) > 1:
+        raise ValueError(f"folder source {root}: the split folders differ in layout (one level in some, "
+                         f"coarse/fine in others). Accepted layouts: {LAYOUTS_HELP}")
+    empty = sorted({f if c is None else f"{c}/{f}" for c, f, _, _ in groups} -
+                   {f if c is None else f"{c}/{f}" for c, f, items, _ in groups if items})
+    groups = [g for g in groups if g[2]]
+    _warn_skipped(f"folder source {root}", skipped, total, empty)
+    if len({(c, f) for c, f, _, _ in groups}) < 2:
         raise ValueError(f"folder source {root} needs at least two class folders with readable images. "
-                         f"Received: {[f for _, f, _ in keep]}; expected root/<class>/*.jpg or "
-                         "root/<coarse>/<fine>/*.jpg")
-    return _folder_fields(keep, skipped)
+                         f"Received: {sorted({f for _, f, _, _ in groups})}; accepted layouts: {LAYOUTS_HELP}")
+    return _folder_fields(groups, skipped, has_split=splits[0][0] is not None)
 
 
-def _folder_fields(keep, skipped):
-    fine_names = [f for _, f, _ in keep]
-    if len(set(fine_names)) < len(fine_names):  # same fine name under two coarse folders
-        fine_names = [f"{c}/{f}" for c, f, _ in keep]
-    coarse_names = sorted({c for c, _, _ in keep if c is not None})
+def _folder_fields(groups, skipped, *, has_split: bool):
+    classes = sorted({(c or "", f) for c, f, _, _ in groups})
+    fine = [f for _, f in classes]
+    if len(set(fine)) < len(fine):  # same fine name under two coarse folders
+        fine = [f"{c}/{f}" for c, f in classes]
+    coarse_names = sorted({c for c, _, _, _ in groups if c is not None})
+    rows = [(classes.index((c or "", f)), c, code, p, a) for c, f, items, code in groups for p, a in items]
     fields = {
-        "x": np.stack([a for _, _, items in keep for _, a in items]),
-        "y_fine": np.concatenate([np.full(len(items), i) for i, (_, _, items) in enumerate(keep)]),
-        "class_names_fine": tuple(fine_names),
-        "paths": tuple(p for _, _, items in keep for p, _ in items),
+        "x": np.stack([r[4] for r in rows]),
+        "y_fine": np.array([r[0] for r in rows]),
+        "class_names_fine": tuple(fine),
+        "paths": tuple(r[3] for r in rows),
         "skipped": tuple(skipped),
     }
+    if has_split:
+        fields["split"] = np.array([r[2] for r in rows], np.uint8)
     if coarse_names:
-        fields["y_coarse"] = np.concatenate([np.full(len(items), coarse_names.index(c)) for c, _, items in keep])
+        fields["y_coarse"] = np.array([coarse_names.index(r[1]) for r in rows])
         fields["class_names_coarse"] = tuple(coarse_names)
     return fields
 

@@ -83,6 +83,7 @@ class TrainConfig:
     tta: bool = False
     seed: int = 1
     val_fraction: float = 0.1
+    test_fraction: float | None = None
     val_database_size: int = 5000
     max_train: int | None = None
     strategy: str = "default"
@@ -127,6 +128,8 @@ class TrainConfig:
             )
         if not 0.0 < self.val_fraction < 0.5:
             raise ValueError(f"`val_fraction` must be in (0, 0.5). Received: val_fraction={self.val_fraction}")
+        if self.test_fraction is not None and not 0.0 < self.test_fraction < 0.5:
+            raise ValueError(f"`test_fraction` must be None or in (0, 0.5). Received: test_fraction={self.test_fraction}")
         for name in ("learning_rate", "finetune_learning_rate"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"`{name}` must be > 0. Received: {name}={getattr(self, name)}")

@@ -51,17 +51,23 @@ class TrainResult:
 
 
 def load_splits(config: TrainConfig, image_set=None) -> Splits:
-    """Train/validation/test ImageSets; validation is carved from train with the config seed."""
+    """Train/validation/test ImageSets. Validation is the data's own validation split (2, e.g. a
+    ``val/`` folder) when it has one, else carved from train with the config seed; a source
+    without any split gets a seeded, stratified test split when ``config.test_fraction`` asks."""
     if image_set is None:
         spec = f"npz:{data_lib.demo_data_path()}" if config.data == "demo" else config.data
         image_set = data_lib.load_source(spec, image_size=config.input_size or config.image_size,
                                          download=config.download)
+    if config.test_fraction is not None:
+        image_set = data_lib.with_test_split(image_set, config.test_fraction, seed=config.seed)
     split = image_set.split if image_set.split is not None else np.zeros(len(image_set.y_fine), np.uint8)
     train_all = image_set.subset(np.flatnonzero(split == 0))
     test = image_set.subset(np.flatnonzero(split == 1)) if (split == 1).any() else None
     rng = np.random.default_rng(config.seed)
     if config.max_train and config.max_train < len(train_all.y_fine):
         train_all = train_all.subset(np.sort(rng.choice(len(train_all.y_fine), config.max_train, replace=False)))
+    if (split == 2).any():
+        return Splits(train_all, image_set.subset(np.flatnonzero(split == 2)), test, image_set.has_coarse)
     train_idx, val_idx = data_lib.train_val_split(train_all, val_fraction=config.val_fraction, seed=config.seed)
     return Splits(train_all.subset(train_idx), train_all.subset(val_idx), test, image_set.has_coarse)
 
