@@ -65,14 +65,18 @@ def check_tta(index, tta: bool, path) -> None:
 
 
 def scan_folder(root) -> tuple:
-    """``({relative name: (size, mtime_ns)}, ignored count)`` of image files under ``root``.
+    """``({relative name: (size, mtime_ns)}, ignored count, outside)`` of image files under
+    ``root``; ``outside`` lists ``(name, reason)`` of links that resolve outside ``root``.
 
-    Hidden files and folders are skipped; files with other suffixes are only counted.
+    Hidden files and folders are skipped; files with other suffixes are only counted. A link
+    leaving the folder is not indexed: the server never serves such a path, so it would come
+    back as a result that cannot be shown.
     """
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"The photo root must be an existing folder. Received: {root}")
-    found, ignored = {}, 0
+    real_root = root.resolve()
+    found, ignored, outside = {}, 0, []
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for f in sorted(files):
@@ -84,11 +88,16 @@ def scan_folder(root) -> tuple:
                 continue
             try:
                 st = path.stat()
-            except OSError as e:  # deleted mid-scan, or a dangling link: not a photo to index
+                real = path.resolve()
+            except (OSError, RuntimeError) as e:  # deleted mid-scan, a dangling or looping link
                 logger.warning("cannot stat %s: %s", path, e)
                 continue
-            found[path.relative_to(root).as_posix()] = (st.st_size, st.st_mtime_ns)
-    return found, ignored
+            name = path.relative_to(root).as_posix()
+            if not real.is_relative_to(real_root):
+                outside.append((name, f"a link to {real}, outside the photo folder"))
+                continue
+            found[name] = (st.st_size, st.st_mtime_ns)
+    return found, ignored, outside
 
 
 def _open_existing(out_path: Path, encoder, tta: bool):
@@ -167,7 +176,7 @@ def index_folder(root, encoder, out_path, *, tta: bool = False, progress=None) -
     root, out_path = Path(root), Path(out_path)
     if not isinstance(tta, bool):
         raise TypeError(f"`tta` must be a bool. Received: tta={tta!r}")
-    found, ignored = scan_folder(root)
+    found, ignored, outside = scan_folder(root)
     index = _open_existing(out_path, encoder, tta)
     rebuilt = index is None and out_path.exists()
     todo, stale, changed = _plan(index, found)
@@ -175,6 +184,7 @@ def index_folder(root, encoder, out_path, *, tta: bool = False, progress=None) -
         index = HammingIndex(encoder.layout.bits, encoder.layout,
                              fingerprint=index_fingerprint(encoder.description, tta=tta))
     words, done, skipped = _encode_files(root, todo, encoder, tta, progress)
+    skipped = outside + skipped
     removed = index.remove(stale) if len(stale) else 0
     if len(done):
         sizes = np.asarray([found[n][0] for n in done], np.int64)

@@ -376,3 +376,17 @@ def test_moved_folder_keeps_its_index(library, model, tmp_path, capsys, encode_c
     encode_counter.clear()
     assert "unchanged 8" in _index(moved, model, out, capsys).out
     assert sum(encode_counter) == 0
+
+
+def test_links_leaving_the_folder_are_skipped_and_reported(library, model, tmp_path, capsys):
+    """The server never serves a path outside the photo folder, so indexing skips such links
+    (they would come back as results that cannot be shown); links inside the folder are kept."""
+    outside = tmp_path / "elsewhere.png"
+    Image.fromarray(_noise(30)).save(outside)
+    (library / "dogs" / "away.png").symlink_to(outside)
+    (library / "dogs" / "again.png").symlink_to(library / "cats" / "a.png")
+    out = tmp_path / "photos.mgh"
+    captured = _index(library, model, out, capsys)
+    assert "skipped dogs/away.png: a link to" in captured.out and "outside the photo folder" in captured.out
+    names = HammingIndex.load(out).names
+    assert "dogs/again.png" in names and "dogs/away.png" not in names
