@@ -101,5 +101,14 @@ def test_upload_and_click_search_in_headless_chromium(browser, model, tmp_path):
         _wait_for_results(browser, "dogs/c.png")
         assert "for photo dogs/c.png" in browser.find_element(By.ID, "status").text
         assert not browser.find_element(By.ID, "error").is_displayed()
+
+        # A failed upload clears the previous answers: they are not answers for the bad file.
+        bad = tmp_path / "notes.jpg"
+        bad.write_text("not an image")
+        browser.find_element(By.ID, "file").send_keys(str(bad))
+        WebDriverWait(browser, TIMEOUT_S).until(lambda d: d.find_element(By.ID, "error").is_displayed())
+        assert browser.find_elements(By.CSS_SELECTOR, "#results figure") == []
+        # The page names its icon inline, so the browser asks for no /favicon.ico.
+        assert browser.execute_script("return document.querySelector('link[rel=icon]').href").startswith("data:")
     shot = tmp_path / "serve_screenshot.png"
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5000

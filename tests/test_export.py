@@ -30,8 +30,10 @@ def spread_codes(model, images):
 @pytest.fixture(scope="module")
 def data():
     image_set = load_source(f"npz:{demo_data_path()}", image_size=SIZE)
-    rng = np.random.default_rng(0)
-    return image_set.subset(np.sort(rng.choice(len(image_set), 240, replace=False)))
+    rng = np.random.default_rng(0)  # 200 training and 40 test images of the sample
+    train, test = np.flatnonzero(image_set.split == 0), np.flatnonzero(image_set.split == 1)
+    return image_set.subset(np.sort(np.concatenate([rng.choice(train, 200, replace=False),
+                                                    rng.choice(test, 40, replace=False)])))
 
 
 @pytest.fixture(scope="module")

@@ -86,10 +86,15 @@ async function runSearch(query) {
     if (seq === state.seq) showResults(answer);
   } catch (e) {
     if (seq === state.seq) {
-      $("status").textContent = "";
+      clearResults();  // the previous answers are not answers for this query
       showError(e.message);
     }
   }
+}
+
+function clearResults() {
+  $("results").replaceChildren();
+  $("status").textContent = "";
 }
 
 function showResults(answer) {
@@ -119,6 +124,7 @@ function searchFile(file) {
   if (!file) return;
   const limit = state.stats ? state.stats.max_upload_bytes : Infinity;
   if (file.size > limit) {
+    clearResults();
     showError(`${file.name} is ${(file.size / 1e6).toFixed(1)} MB; the limit is ${(limit / 1e6).toFixed(1)} MB`);
     return;
   }
