@@ -35,7 +35,9 @@ def atomic_path(path, *, suffix: str = ".tmp"):
     prefix = f".{path.name}."
     remove_stale_temps(path.parent, prefix, suffix)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
-    _try_lock(fd)  # held until the fd closes, i.e. until this writer is done or dead
+    if not _try_lock(fd):  # no advisory locks (Windows): an open handle would block the rename
+        os.close(fd)
+        fd = None
     try:
         yield Path(tmp)
         os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
@@ -44,7 +46,8 @@ def atomic_path(path, *, suffix: str = ".tmp"):
         Path(tmp).unlink(missing_ok=True)
         raise
     finally:
-        os.close(fd)
+        if fd is not None:  # the lock is held until here, i.e. until this writer is done or dead
+            os.close(fd)
     fsync_dir(path.parent)
 
 
