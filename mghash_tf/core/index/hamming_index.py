@@ -199,11 +199,7 @@ class HammingIndex:
         full = distance.full_terms(self._num_words)
         for i in range(len(q)):
             dist = distance.row_distances(self._words, q[i], terms)
-            if len(dist) > shortlist:
-                boundary = np.partition(dist, shortlist - 1)[shortlist - 1]
-                cand = np.flatnonzero(dist <= boundary)
-            else:
-                cand = np.arange(len(dist))
+            cand = _within_nth(dist, shortlist)
             d, p = topk.smallest_of(distance.row_distances(self._words[cand], q[i], full), cand, k)
             D[i, : len(d)], P[i, : len(p)] = d, p
         return D, self._ids_at(P)
@@ -244,10 +240,7 @@ class HammingIndex:
         full = distance.full_terms(self._num_words)
         for i in range(len(q)):
             dist = distance.row_distances(self._words, q[i], terms)
-            if len(dist) > k:
-                cand = np.flatnonzero(dist <= np.partition(dist, k - 1)[k - 1])
-            else:
-                cand = np.arange(len(dist))
+            cand = _within_nth(dist, k)
             whole = distance.row_distances(self._words[cand], q[i], full)
             order = np.lexsort((cand, whole, dist[cand]))[:k]
             D[i, : len(order)], P[i, : len(order)] = dist[cand][order], cand[order]
@@ -270,3 +263,11 @@ class HammingIndex:
         valid = positions >= 0
         out[valid] = self._ids[positions[valid]]
         return out
+
+
+def _within_nth(dist: np.ndarray, n: int) -> np.ndarray:
+    """Positions whose distance is at most the n-th smallest: the n nearest and every code tied
+    with the n-th (all positions when there are at most n)."""
+    if len(dist) <= n:
+        return np.arange(len(dist))
+    return np.flatnonzero(dist <= np.partition(dist, n - 1)[n - 1])
