@@ -1,6 +1,11 @@
 """Image decoding rules shared by training and the device: EXIF orientation, RGB conversion
 (16-bit rescaled, transparency on white), a pixel budget against decompression bombs, bicubic
 resize. NumPy and Pillow only.
+
+Memory: Pillow holds a decoded image whole (up to 4 bytes a pixel), so the budget is counted in
+decoded pixels. A JPEG decodes at a reduced DCT scale (``Image.draft``); any other format decodes
+at full size, is converted to RGB and box-reduced strip by strip (no full-size copy), and only the
+reduced image is resized to the model's input, as Pillow's ``resize(reducing_gap=...)`` would.
 """
 
 from __future__ import annotations
@@ -9,10 +14,36 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image
+
+from mghash_tf.core.budget import Budget
 
 # Pillow's bicubic resize widens its kernel when shrinking, so it also anti-aliases photos.
 RESAMPLE = Image.Resampling.BICUBIC
+# The pixel budget: decoded pixels held at once by all the decodes of a process; a file that
+# alone needs more is refused (PixelBudgetError). Pillow keeps RGB, RGBA, CMYK and 32-bit pixels in
+# 4 bytes (L and P in 1), so that is <= 256 MB: a 1 GB Raspberry Pi keeps room for the interpreter,
+# the index and the OS. A JPEG counts at its reduced decoding scale (1/64 of its pixels at most).
+MAX_DECODE_PIXELS = 64_000_000
+DECODE_BUDGET = Budget(MAX_DECODE_PIXELS)
+# Box-reduce to at least this many times the target size before the bicubic resize: Pillow's
+# ``reducing_gap`` rule; at 3 the result stays within a few grey levels of a full-size resize.
+REDUCING_GAP = 3
+# Pixels converted to RGB per step of a reduced decode (float64 for 16-bit images: 8 MB).
+STRIP_PIXELS = 1 << 20
+# EXIF orientation -> the transposition that undoes it (as ``ImageOps.exif_transpose``).
+_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                8: Image.Transpose.ROTATE_90}
+
+
+class PixelBudgetError(ValueError):
+    """An image that would decode to more than :data:`MAX_DECODE_PIXELS` pixels."""
+
+    def __init__(self, message: str, *, pixels: int, limit: int):
+        super().__init__(message)
+        self.pixels, self.limit = pixels, limit
 
 
 def check_image_size(image_size, *, required: bool = False):
@@ -26,20 +57,62 @@ def check_image_size(image_size, *, required: bool = False):
 
 def decode_image(source, image_size: int | None = None) -> np.ndarray:
     """File path or file object -> uint8 (H, W, 3) RGB, EXIF-rotated, squashed to
-    ``image_size`` x ``image_size`` when given. Raises on anything unreadable."""
+    ``image_size`` x ``image_size`` when given. Raises on anything unreadable, and
+    :class:`PixelBudgetError` for an image over the pixel budget."""
     with Image.open(source) as img:
-        limit = Image.MAX_IMAGE_PIXELS
-        # Pillow only warns between 1x and 2x its limit; a skipped file is the safer answer.
-        if limit and img.width * img.height > limit:
-            raise Image.DecompressionBombError(
-                f"{img.width}x{img.height} pixels exceeds Image.MAX_IMAGE_PIXELS={limit}")
-        if image_size:
-            img.draft("RGB", (image_size, image_size))  # JPEG: decode at a reduced DCT scale
-        img.load()
-        rgb = _to_rgb(ImageOps.exif_transpose(img))
-    if image_size and rgb.size != (image_size, image_size):
-        rgb = rgb.resize((image_size, image_size), RESAMPLE)
+        drafted = _check_and_draft(img, image_size)
+        factor = reduce_factor(img.size, image_size) if image_size and not drafted else (1, 1)
+        size, pixels = img.size, img.width * img.height
+        with DECODE_BUDGET.hold(pixels):
+            img.load()
+            transpose = _ORIENTATION.get(img.getexif().get(ExifTags.Base.Orientation, 1))
+            rgb = reduced_rgb(img, factor)
+            img.close()  # free the full-size pixels before the budget says they are free
+    if factor == (1, 1):  # the order of the full-size rule, so small images decode as before
+        rgb = rgb.transpose(transpose) if transpose is not None else rgb
+        if image_size and rgb.size != (image_size, image_size):
+            rgb = rgb.resize((image_size, image_size), RESAMPLE)
+    else:
+        # The box is the source's extent in reduced pixels: the last block may be partial.
+        rgb = rgb.resize((image_size, image_size), RESAMPLE,
+                         box=(0, 0, size[0] / factor[0], size[1] / factor[1]))
+        rgb = rgb.transpose(transpose) if transpose is not None else rgb
     return np.asarray(rgb, dtype=np.uint8)
+
+
+def _check_and_draft(img: Image.Image, image_size) -> bool:
+    """Refuse bombs and images over the pixel budget; True when ``img`` (a JPEG) will decode at
+    a reduced DCT scale, the smallest that keeps both sides >= ``image_size``."""
+    limit = Image.MAX_IMAGE_PIXELS
+    # Pillow only warns between 1x and 2x its limit; a skipped file is the safer answer.
+    if limit and img.width * img.height > limit:
+        raise Image.DecompressionBombError(
+            f"{img.width}x{img.height} pixels exceeds Image.MAX_IMAGE_PIXELS={limit}")
+    drafted = bool(image_size) and img.draft("RGB", (image_size, image_size)) is not None
+    pixels = img.width * img.height
+    if pixels > MAX_DECODE_PIXELS:
+        raise PixelBudgetError(
+            f"decoding {img.width}x{img.height} = {pixels} pixels is over the pixel budget "
+            f"MAX_DECODE_PIXELS={MAX_DECODE_PIXELS}", pixels=pixels, limit=MAX_DECODE_PIXELS)
+    return drafted
+
+
+def reduce_factor(size: tuple, image_size: int) -> tuple:
+    """Integer box-reduction factors (x, y) that keep each side >= REDUCING_GAP x ``image_size``."""
+    return tuple(max(1, side // (image_size * REDUCING_GAP)) for side in size)
+
+
+def reduced_rgb(img: Image.Image, factor: tuple = (1, 1)) -> Image.Image:
+    """``img`` (loaded) as RGB, box-reduced by ``factor`` (x, y); converted in strips of
+    whole blocks, so the only full-size buffer is ``img`` itself."""
+    fx, fy = factor
+    width, height = img.size
+    out = Image.new("RGB", (-(-width // fx), -(-height // fy)))
+    rows = fy * max(1, STRIP_PIXELS // (width * fy))
+    for top in range(0, height, rows):
+        strip = _to_rgb(img.crop((0, top, width, min(top + rows, height))))
+        out.paste(strip.reduce(factor) if factor != (1, 1) else strip, (0, top // fy))
+    return out
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -65,7 +138,8 @@ def _try_decode(path, image_size):
 
 
 def decode_files(paths, image_size):
-    """-> (list of arrays or None, list of (path, reason) for the failures), in input order."""
+    """-> (list of arrays or None, list of (path, reason) for the failures), in input order.
+    Decodes in threads; :data:`DECODE_BUDGET` bounds the pixels they hold together."""
     paths = [str(p) for p in paths]
     # Pillow releases the GIL while decoding and resizing, so threads use every core.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
