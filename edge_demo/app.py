@@ -17,7 +17,7 @@ from edge_demo import photos
 from edge_demo.params import ApiError, int_param, str_param, upload_bytes
 from edge_demo.snapshot import IndexHolder
 from mghash_tf.core import granularity as granularity_lib
-from mghash_tf.core.images import decode_image
+from mghash_tf.core.images import PixelBudgetError, decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +26,10 @@ MAX_K = 1000
 MAX_ITEMS_PAGE = 1000
 THUMB_DEFAULT, THUMB_MIN, THUMB_MAX = 256, 16, 1024
 THUMB_CACHE_ENTRIES = 512
+# Uploads decoded at once; one more waits up to UPLOAD_WAIT_S for a slot, then gets 503. Memory
+# is bounded anyway (the pixel budget of mghash_tf.core.images); this bounds the queue.
+UPLOAD_DECODES = 2
+UPLOAD_WAIT_S = 10.0
 
 
 class LockedEncoder:
@@ -75,6 +79,7 @@ class App:
         self.holder = IndexHolder(index_path, encoder)
         self.max_upload = max_upload
         self.thumbs = ThumbCache()
+        self.upload_slots = threading.BoundedSemaphore(UPLOAD_DECODES)
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -122,17 +127,26 @@ class App:
         args = self._granularity(snap, spec)  # reject bad parameters before decoding anything
         data = upload_bytes(body, content_type)
         t0 = time.perf_counter()
-        try:
-            image = photos.prepare_query(io.BytesIO(data), self.encoder.input_size)
-        except ValueError as e:  # any decoding failure means "not an image"
-            logger.info("rejected upload (%d bytes): %s", len(data), e)
-            raise ApiError(400, "the upload is not a readable image") from None
+        image = self._decode_upload(data)
         decode_ms = (time.perf_counter() - t0) * 1e3
         timings = {}
         # tta=None: an upload is encoded as the snapshot's photos were (with or without TTA).
         D, I = photos.search_image(image, snap.index, self.encoder, k, args, tta=None, timings=timings)
         timings["decode_ms"] += decode_ms
         return self._answer(snap, D, I, k, spec, timings, query_item=None)
+
+    def _decode_upload(self, data: bytes) -> np.ndarray:
+        if not self.upload_slots.acquire(timeout=UPLOAD_WAIT_S):
+            raise ApiError(503, f"busy: {UPLOAD_DECODES} uploads are being decoded; try again")
+        try:
+            return photos.prepare_query(io.BytesIO(data), self.encoder.input_size)
+        except PixelBudgetError as e:
+            raise ApiError(413, f"the upload decodes to {e.pixels} pixels; the limit is {e.limit}") from None
+        except ValueError as e:  # any other decoding failure means "not an image"
+            logger.info("rejected upload (%d bytes): %s", len(data), e)
+            raise ApiError(400, "the upload is not a readable image") from None
+        finally:
+            self.upload_slots.release()
 
     def _search_params(self, query: dict) -> tuple:
         k = int_param(query, "k", 10, 1, MAX_K)

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from mghash_tf.core import granularity as granularity_lib
-from mghash_tf.core.images import RESAMPLE, decode_files, decode_image
+from mghash_tf.core.images import RESAMPLE, PixelBudgetError, decode_files, decode_image
 from mghash_tf.core.index import HammingIndex
 
 logger = logging.getLogger(__name__)
@@ -215,7 +215,8 @@ def load_index_for(path, encoder, *, tta: bool | None = None) -> HammingIndex:
 
 def prepare_query(source, input_size: int) -> np.ndarray:
     """A query path or uint8 (H, W, 3) array -> uint8 (input_size, input_size, 3), decoded and
-    resized by the rules used at indexing time (``decode_image``)."""
+    resized by the rules used at indexing time (``decode_image``). ValueError for an unreadable
+    file; its subclass ``PixelBudgetError`` for one over the pixel budget."""
     if isinstance(source, np.ndarray):
         if source.dtype != np.uint8 or source.ndim != 3 or source.shape[2] != 3:
             raise ValueError(f"A query array must be uint8 (H, W, 3). Received: dtype={source.dtype}, "
@@ -225,6 +226,9 @@ def prepare_query(source, input_size: int) -> np.ndarray:
         return np.asarray(Image.fromarray(source).resize((input_size, input_size), RESAMPLE))
     try:
         return decode_image(source, input_size)
+    except PixelBudgetError as e:  # its own type: the server answers it with 413, not 400
+        raise PixelBudgetError(f"Cannot read the query image {source}: {e}", pixels=e.pixels,
+                               limit=e.limit) from None
     except Exception as e:  # Pillow raises many types on malformed data; name the file instead.
         raise ValueError(f"Cannot read the query image {source}: {type(e).__name__}: {e}") from None
 

@@ -264,6 +264,49 @@ def test_oversize_upload_is_413(httpd, library):
     assert get_json(httpd, "/api/stats")[0] == 200  # the server keeps serving
 
 
+def test_upload_over_the_pixel_budget_is_413(httpd, library, monkeypatch):
+    from mghash_tf.core import images
+
+    monkeypatch.setattr(images, "MAX_DECODE_PIXELS", 1000)
+    data = (library / "cats/a.png").read_bytes()  # 40 x 40
+    status, body = get_json(httpd, "/api/search", "POST", data, {"Content-Type": "image/png"})
+    assert status == 413 and body["error"] == "the upload decodes to 1600 pixels; the limit is 1000"
+
+
+def test_uploads_beyond_the_decode_cap_wait_then_get_503(httpd, library, monkeypatch):
+    from edge_demo import app as app_module
+
+    release, entered = threading.Event(), threading.Semaphore(0)
+    original = photos.prepare_query
+
+    def slow(source, input_size):
+        entered.release()
+        release.wait(20)
+        return original(source, input_size)
+
+    monkeypatch.setattr(photos, "prepare_query", slow)
+    monkeypatch.setattr(app_module, "UPLOAD_WAIT_S", 0.2)
+    data = (library / "cats/b.jpg").read_bytes()
+    results = []
+
+    def upload():
+        results.append(get_json(httpd, "/api/search?k=1", "POST", data, {"Content-Type": "image/jpeg"}))
+
+    decoding = [threading.Thread(target=upload) for _ in range(app_module.UPLOAD_DECODES)]
+    for t in decoding:
+        t.start()
+    for _ in decoding:  # every slot is taken by a decode that cannot finish yet
+        assert entered.acquire(timeout=20)
+    status, body = get_json(httpd, "/api/search?k=1", "POST", data, {"Content-Type": "image/jpeg"})
+    assert status == 503 and "2 uploads are being decoded" in body["error"]
+    release.set()
+    for t in decoding:
+        t.join(20)
+    assert [(s, b["results"][0]["name"]) for s, b in results] == [(200, "cats/b.jpg")] * 2
+    status, body = get_json(httpd, "/api/search?k=1", "POST", data, {"Content-Type": "image/jpeg"})
+    assert status == 200  # the slots are free again
+
+
 @pytest.mark.parametrize("data", [b"not a picture\n", b"\x89PNG\r\n\x1a\n" + b"\x00" * 100,
                                   _jpeg_bytes(_noise(10, 64))[:600], _bomb_png(), b"GIF89a"])
 def test_non_image_upload_is_400(httpd, data):
