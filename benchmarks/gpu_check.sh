@@ -16,7 +16,7 @@ rm -rf "$OUT"
 "$PY" -m mghash_tf train --out "$OUT" --data "npz:$DATA" --backbone mobilenet_v2 \
   --weights "$WEIGHTS" --image-size 96 --input-size 32 --layout mg64 --batch-size 256 \
   --frozen-epochs 1 --finetune-epochs 1 --max-train 20000 --mixed-precision --jit-compile \
-  --val-database-size 2000 --verbose 2
+  --val-database-size 2000 --progress 2
 "$PY" - "$OUT" <<'PY'
 import json, sys
 m = json.load(open(f"{sys.argv[1]}/metrics.json"))

@@ -20,7 +20,8 @@ import time
 from pathlib import Path, PurePosixPath
 
 from edge_demo import grid, photos
-from mghash_tf.core.commands import run_command
+from mghash_tf.core import native_logs
+from mghash_tf.core.commands import add_verbose_flag, run_command
 from mghash_tf.core.encoder import TFLiteEncoder
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,6 @@ class ProgressBar:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m edge_demo", description=__doc__.split("\n")[0])
-    p.add_argument("-v", "--verbose", action="store_true", help="log INFO messages")
     sub = p.add_subparsers(dest="command", required=True)
     ix = sub.add_parser("index", help="index (or update the index of) a photo folder")
     ix.add_argument("photos", help="photo folder, scanned recursively")
@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     ix.add_argument("--tta", action="store_true",
                     help="encode each photo and its mirror, average before the sign (2x slower)")
     ix.add_argument("--threads", type=int, default=None, help="interpreter threads")
-    ix.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    ix.add_argument("--no-progress", action="store_true",
+                    help="no progress bar (shown only when stderr is a terminal)")
     q = sub.add_parser("query", help="find the photos nearest to an image")
     q.add_argument("image", help="query image file")
     q.add_argument("--index", required=True, help="index file written by `index`")
@@ -78,12 +79,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
     s.add_argument("--max-upload-mb", type=float, default=10.0, help="largest query upload (default 10)")
     s.add_argument("--threads", type=int, default=None, help="interpreter threads")
+    add_verbose_flag(p, (ix, q, s), help="show INFO messages and LiteRT's own log lines")
     return p
 
 
 def _run_index(args) -> int:
     encoder = TFLiteEncoder(args.model, num_threads=args.threads)
-    progress = None if args.no_progress else ProgressBar()
+    # A bar redrawn with \r is noise in a log file or a pipe; the summary below says it all there.
+    progress = None if args.no_progress or not sys.stderr.isatty() else ProgressBar()
     r = photos.index_folder(args.photos, encoder, args.out, tta=args.tta, progress=progress)
     tta = " (flip TTA)" if args.tta else ""
     print(f"{args.out}: {r['total']} photos{tta}; added {r['added']}, updated {r['updated']}, "
@@ -164,6 +167,7 @@ def _run_serve(args) -> int:
 def main(argv=None) -> int:
     """Run the CLI; returns the exit status (2 with a message on stderr for bad input)."""
     args = _parser().parse_args(argv)
+    native_logs.configure(args.verbose)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     runs = {"index": _run_index, "query": _run_query, "serve": _run_serve}

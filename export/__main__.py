@@ -9,7 +9,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from mghash_tf.core.commands import run_command
+from mghash_tf.core.commands import add_verbose_flag, run_command
+from mghash_tf.tf_logs import start_tensorflow
 
 DEFAULT_DATA = "npz:../shared/data/cifar10.npz"
 
@@ -112,7 +113,6 @@ def build_parser() -> argparse.ArgumentParser:
     from export.convert import DEFAULT_VARIANTS, VARIANTS
 
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("convert", help="Keras model -> .tflite variants with the description embedded")
     c.add_argument("--model", required=True, help=".keras file or a training folder")
@@ -151,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=100, help="timed runs per file, 1 thread (half with 2)")
     b.add_argument("--note", action="append", default=[], help="extra line for the Markdown report")
     b.set_defaults(func=cmd_bench)
+    add_verbose_flag(parser, (c, p, b))
     return parser
 
 
@@ -158,6 +159,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    start_tensorflow(args.verbose)
     return run_command(args.func, args, raise_exit=True)
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from mghash_tf.core import description
 from mghash_tf.core.encoder import interpreter_class
 from mghash_tf.core.files import write_bytes_atomic
+from mghash_tf.core.native_logs import filtered_stderr
 from export import metadata, quantize
 from export.ops import check_builtin_only, list_ops
 
@@ -90,10 +91,11 @@ def convert_saved_model(saved_model_dir, variant: str, *, representative=None) -
         raise ValueError(f"Variant {variant!r} needs representative images for calibration. "
                          "Received: representative=None")
     converter = _converter(saved_model_dir, variant, representative)
-    if variant == "int8_fhead":
-        tflite = quantize.convert_with_float_head(converter)
-    else:
-        tflite = converter.convert()
+    with filtered_stderr():  # the converter prints unasked (int8: "fully_quantize: 0, ...")
+        if variant == "int8_fhead":
+            tflite = quantize.convert_with_float_head(converter)
+        else:
+            tflite = converter.convert()
     check_builtin_only(tflite)
     return tflite
 

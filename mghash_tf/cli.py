@@ -6,7 +6,8 @@ import argparse
 import dataclasses
 import logging
 
-from mghash_tf.core.commands import run_command
+from mghash_tf.core.commands import add_verbose_flag, run_command
+from mghash_tf.tf_logs import start_tensorflow
 from mghash_tf.training.config import RECIPES, TrainConfig
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +44,7 @@ def cmd_train(args) -> int:
     from mghash_tf.training.train import train
 
     config = config_from_args(args)
-    result = train(config, args.out, verbose=args.verbose)
+    result = train(config, args.out, verbose=args.progress)
     _print_maps("validation", result.metrics["val"])
     if "test" in result.metrics:
         _print_maps("test", result.metrics["test"])
@@ -131,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="two-stage training from a JSON config and/or flags")
     p.add_argument("--config", help="TrainConfig JSON file; flags override it")
     p.add_argument("--out", required=True, help="output directory (re-run to resume)")
-    p.add_argument("--verbose", type=int, default=1, help="Keras progress: 0 silent, 1 bar, 2 line")
+    p.add_argument("--progress", type=progress_mode, default="auto",
+                   help="Keras progress: 0 silent, 1 bar, 2 a line per epoch, auto (default): "
+                        "a bar on a terminal, else a line per epoch")
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)
     e = sub.add_parser("evaluate", help="mAP per granularity, baselines, robustness and plots")
@@ -153,11 +156,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", required=True, help="directory for evaluation.json and the PNGs")
     e.set_defaults(func=cmd_evaluate)
+    add_verbose_flag(parser, (p, e), help="show TensorFlow's own log lines (C++, absl, tensorflow loggers)")
     return parser
+
+
+def progress_mode(text: str):
+    """``--progress`` value: 'auto' or a Keras ``verbose`` level 0, 1 or 2."""
+    if text == "auto":
+        return text
+    if text not in ("0", "1", "2"):
+        raise argparse.ArgumentTypeError(f"must be auto, 0, 1 or 2. Received: {text!r}")
+    return int(text)
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    start_tensorflow(args.verbose)
     return run_command(args.func, args)

@@ -128,12 +128,31 @@ def test_index_skips_bad_files_and_keeps_good_ones(library, model, tmp_path, cap
     assert "skipped bad/empty.jpg: empty file" in captured.out
     assert "DecompressionBomb" in captured.out
     assert "added 8, updated 0, removed 0, unchanged 0, skipped 4, ignored 1" in captured.out
-    assert f"{len(GOOD) + len(BAD)}/{len(GOOD) + len(BAD)}" in captured.err  # the progress bar
+    assert "\r" not in captured.err and "/12" not in captured.err  # no bar: stderr is no terminal
     index = HammingIndex.load(out)
     assert sorted(index.names) == sorted(GOOD) and sum(encode_counter) == len(GOOD)
     st = (library / "cats/a.png").stat()
     row = index.names.index("cats/a.png")
     assert (index.extras["size"][row], index.extras["mtime_ns"][row]) == (st.st_size, st.st_mtime_ns)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_index_shows_a_progress_bar_on_a_terminal_only(library, model, tmp_path, monkeypatch, capsys):
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["index", str(library), "--model", str(model), "--out", str(tmp_path / "a.mgh")]) == 0
+    total = len(GOOD) + len(BAD)
+    bar = terminal.getvalue()
+    assert bar.startswith("\r[") and bar.endswith(f"] {total}/{total} " + bar.rsplit(" ", 2)[1] + " files/s\n")
+    assert "added 8" in capsys.readouterr().out  # the summary stays on stdout
+    terminal.seek(0), terminal.truncate()
+    assert main(["index", str(library), "--model", str(model), "--out", str(tmp_path / "b.mgh"),
+                 "--no-progress"]) == 0
+    assert terminal.getvalue() == ""
 
 
 def test_reindex_encodes_only_new_and_changed_and_drops_deleted(library, model, tmp_path, capsys,

@@ -150,7 +150,7 @@ def test_test_fraction_splits_an_unsplit_folder_and_evaluate_reuses_it(tmp_path)
     assert main(["train", "--data", f"folder:{tmp_path / 'photos'}", "--out", str(tmp_path / "run"),
                  "--image-size", "16", "--layout", "32", "--frozen-epochs", "1", "--batch-size", "8",
                  "--test-fraction", "0.25", "--val-fraction", "0.2", "--val-database-size", "16",
-                 "--verbose", "0"]) == 0
+                 "--progress", "0"]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert "test" in metrics
     assert main(["evaluate", "--model", str(tmp_path / "run"), "--data", f"folder:{tmp_path / 'photos'}",

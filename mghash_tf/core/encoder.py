@@ -13,6 +13,7 @@ import numpy as np
 from mghash_tf.core.description import read_model
 from mghash_tf.core.index.packing import pack_bits
 from mghash_tf.core.layout import CodeLayout
+from mghash_tf.core.native_logs import filtered_stderr
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +98,8 @@ class TFLiteEncoder:
         it = self._interpreter
         if self._allocated != len(batch):
             it.resize_tensor_input(self._input["index"], [len(batch), self.input_size, self.input_size, 3])
-            it.allocate_tensors()
+            with filtered_stderr():  # LiteRT announces its XNNPACK delegate here, at INFO
+                it.allocate_tensors()
             self._allocated = len(batch)
         it.set_tensor(self._input["index"], _quantize(batch, self._input["dtype"], _quant(self._input)))
         it.invoke()

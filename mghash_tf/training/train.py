@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -102,12 +103,24 @@ def stages_of(config: TrainConfig) -> list:
 def train(config: TrainConfig, out_dir, *, image_set=None, verbose="auto") -> TrainResult:
     """Train per ``config`` into ``out_dir``; re-running on the same directory resumes.
 
-    Under ``strategy="multi_worker"`` every worker runs this with its own ``TF_CONFIG``; only
-    the chief writes ``out_dir`` (:mod:`mghash_tf.training.multi_worker`)."""
+    ``verbose``: Keras ``fit``'s 0, 1 (progress bar) or 2 (a line per epoch); "auto" is
+    :func:`fit_verbosity`'s choice. Under ``strategy="multi_worker"`` every worker runs this
+    with its own ``TF_CONFIG``; only the chief writes ``out_dir``
+    (:mod:`mghash_tf.training.multi_worker`)."""
     strategy = _strategy(config.strategy)
     with multi_worker.output_dir(Path(out_dir), strategy) as out:
-        result = _train(config, out, strategy, image_set=image_set, verbose=verbose)
+        result = _train(config, out, strategy, image_set=image_set, verbose=fit_verbosity(verbose))
     return TrainResult(result.model, result.metrics, Path(out_dir))
+
+
+def fit_verbosity(verbose="auto"):
+    """``verbose`` itself, or for "auto" 1 (a progress bar) on a terminal or in a notebook and
+    2 (a line per epoch) elsewhere: Keras' bar redraws itself with escape codes, which in a
+    pipe or a log file pile up into one line of hundreds of kilobytes."""
+    if verbose != "auto":
+        return verbose
+    interactive = getattr(sys.stdout, "isatty", lambda: False)() or "ipykernel" in sys.modules
+    return 1 if interactive else 2
 
 
 def _train(config: TrainConfig, out: Path, strategy, *, image_set, verbose) -> TrainResult:
