@@ -2,7 +2,11 @@
 on concurrent decodes (mghash_tf.core.images)."""
 
 import io
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +16,7 @@ from mghash_tf.core import images
 from mghash_tf.core.budget import Budget
 
 SIZE = 16
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _scene(width=600, height=450, seed=0):
@@ -141,3 +146,11 @@ def test_threads_decoding_together_hold_at_most_the_budget(monkeypatch, tmp_path
     assert skipped == [] and all(a.shape == (SIZE, SIZE, 3) for a in arrays)
     assert budget.grants == [600 * 450] * 12  # every decode held its full-size pixels ...
     assert 0 < budget.peak <= budget.capacity and budget.used == 0  # ... and gave them back
+
+
+def test_pillow_blocks_are_large_enough_to_go_back_to_the_system_unless_the_user_chose():
+    assert Image.core.get_block_size() == images.PIXEL_BLOCK_BYTES > 32 << 20  # glibc's mmap ceiling
+    code = "import mghash_tf.core.images; from PIL import Image; print(Image.core.get_block_size())"
+    env = {**os.environ, "PILLOW_BLOCK_SIZE": "1m"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True)
+    assert out.stdout.strip() == str(1 << 20), out.stderr

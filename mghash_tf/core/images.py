@@ -6,6 +6,8 @@ Memory: Pillow holds a decoded image whole (up to 4 bytes a pixel), so the budge
 decoded pixels. A JPEG decodes at a reduced DCT scale (``Image.draft``); any other format decodes
 at full size, is converted to RGB and box-reduced strip by strip (no full-size copy), and only the
 reduced image is resized to the model's input, as Pillow's ``resize(reducing_gap=...)`` would.
+Importing this module sets Pillow's allocation block size (:data:`PIXEL_BLOCK_BYTES`) so that
+freed pixels go back to the system.
 """
 
 from __future__ import annotations
@@ -31,6 +33,14 @@ DECODE_BUDGET = Budget(MAX_DECODE_PIXELS)
 REDUCING_GAP = 3
 # Pixels converted to RGB per step of a reduced decode (float64 for 16-bit images: 8 MB).
 STRIP_PIXELS = 1 << 20
+# Pillow allocates pixels in blocks of PILLOW_BLOCK_SIZE (16 MB by default). glibc serves
+# allocations up to 32 MB from per-thread arenas that keep what is freed, so a server decoding
+# each request in a new thread kept every decode's pixels (4 uploads of a 60-MP PNG in turn:
+# 803 MB peak); larger blocks are mmap-ed and go back to the system when freed (318 MB).
+# A user's own PILLOW_BLOCK_SIZE wins.
+PIXEL_BLOCK_BYTES = 64 << 20
+if "PILLOW_BLOCK_SIZE" not in os.environ:
+    Image.core.set_block_size(PIXEL_BLOCK_BYTES)
 # EXIF orientation -> the transposition that undoes it (as ``ImageOps.exif_transpose``).
 _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
                 4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
