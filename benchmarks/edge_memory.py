@@ -23,6 +23,7 @@ import argparse
 import http.client
 import json
 import os
+import platform
 import re
 import shlex
 import signal
@@ -31,10 +32,8 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
-
-import numpy as np
-from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -46,8 +45,14 @@ UPLOADS = 4
 
 # -- files -------------------------------------------------------------------------------------
 
-def _photo(width, height, seed) -> Image.Image:
+# The files are made in a child process (--prepare): this one imports neither NumPy nor Pillow,
+# so that it stays small (see floor_mb).
+
+def _photo(width, height, seed):
     """Smooth light, shapes and sensor noise: compresses like a photo, not like a test card."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
     rng = np.random.default_rng(seed)
     small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
     img = Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC)
@@ -61,6 +66,9 @@ def _photo(width, height, seed) -> Image.Image:
 
 def _flat_png(path: Path, size, seed) -> None:
     """A large image of flat shapes: a few MB as PNG, hundreds of MB decoded."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
     rng = np.random.default_rng(seed)
     img = Image.new("RGB", size, (200, 220, 240))
     draw = ImageDraw.Draw(img)
@@ -84,6 +92,9 @@ def _bomb_png() -> bytes:
 
 def write_photos(root: Path) -> dict:
     """The ordinary photos and the bad files under ``root``; returns counts by kind."""
+    import numpy as np
+    from PIL import Image
+
     (root / "camera").mkdir(parents=True)
     (root / "bad").mkdir()
     jpegs = []
@@ -208,8 +219,11 @@ def checkout(ref: str, dest: Path) -> str:
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", ref], check=True, capture_output=True,
                             text=True).stdout.strip()
     dest.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    git = subprocess.Popen(["git", "-C", str(ROOT), "archive", commit], stdout=subprocess.PIPE)
+    subprocess.run(["tar", "-x", "-C", str(dest)], stdin=git.stdout, check=True)  # streamed
+    git.stdout.close()
+    if git.wait() != 0:
+        raise RuntimeError(f"git archive {commit} failed")
     return commit
 
 
@@ -313,10 +327,10 @@ def main(argv=None) -> int:
 
 
 def run(args, argv) -> int:
-    from export.report import provenance, write_json
-    from mghash_tf.core.files import write_bytes_atomic
-
-    report = provenance("python benchmarks/edge_memory.py " + " ".join(map(shlex.quote, argv or sys.argv[1:])))
+    command = "python benchmarks/edge_memory.py " + " ".join(map(shlex.quote, argv or sys.argv[1:]))
+    report = {"command": command, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "machine": f"{platform.machine()} {platform.platform()}, {os.cpu_count()} CPUs, "
+                         f"Python {sys.version.split()[0]}"}
     report["load_before"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="edge_memory_") as tmp:
         work = Path(tmp)
@@ -347,8 +361,8 @@ def run(args, argv) -> int:
         "(mghash_tf/core/images.py); non-JPEG images are box-reduced strip by strip while converting; "
         "the server decodes at most 2 uploads at once (a third waits up to 10 s, then 503), and "
         "answers an image over the budget with 413."]
-    write_json(args.json, report)
-    write_bytes_atomic(args.md, markdown(report).encode())
+    Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    Path(args.md).write_text(markdown(report))
     print(markdown(report))
     return 0
 
