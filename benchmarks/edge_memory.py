@@ -336,7 +336,7 @@ def run(args, argv) -> int:
         work = Path(tmp)
         before = work / "before"
         report |= {"before_ref": args.before, "before_commit": checkout(args.before, before),
-                   "after_commit": _git("rev-parse", "HEAD"), "after_dirty": bool(_git("status", "--porcelain"))}
+                   "after_commit": _git("rev-parse", "HEAD"), "after_dirty": _dirty(args.json, args.md)}
         quiet = {"TF_CPP_MIN_LOG_LEVEL": "2", **_env(ROOT)}
         subprocess.run([sys.executable, __file__, "--prepare", str(work)], check=True, cwd=ROOT, env=quiet)
         setup = json.loads((work / "manifest.json").read_text())
@@ -365,6 +365,13 @@ def run(args, argv) -> int:
     Path(args.md).write_text(markdown(report))
     print(markdown(report))
     return 0
+
+
+def _dirty(*outputs) -> bool:
+    """Whether the tree differs from HEAD, this run's own output files aside."""
+    excluded = [f":(exclude){Path(p).resolve().relative_to(ROOT)}" for p in outputs
+                if Path(p).resolve().is_relative_to(ROOT)]
+    return bool(_git("status", "--porcelain", "--", ".", *excluded))
 
 
 def _git(*args) -> str:
