@@ -170,7 +170,7 @@ def run_index(code: Path, model: Path, folder: Path, out: Path) -> dict:
         status, peak = _finish(proc, 900)
         err.seek(0)
         stderr = err.read().decode()
-    summary = stdout.splitlines()[0] if stdout else stderr[-300:]
+    summary = (stdout.splitlines()[0] if stdout else stderr[-300:]).replace(f"{out.parent}{os.sep}", "")
     skipped = re.findall(r"^  skipped (\S+): (\w+)", stdout, re.M)
     return {"status": status, "peak_rss_mb": round(peak, 1), "seconds": round(time.perf_counter() - t0, 1),
             "summary": summary, "big_files": {n: r for n, r in skipped if "mp_" in n}}
