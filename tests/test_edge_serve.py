@@ -266,8 +266,9 @@ def test_oversize_upload_is_413(httpd, library):
 
 def test_upload_over_the_pixel_budget_is_413(httpd, library, monkeypatch):
     from mghash_tf.core import images
+    from mghash_tf.core.budget import Budget
 
-    monkeypatch.setattr(images, "MAX_DECODE_PIXELS", 1000)
+    monkeypatch.setattr(images, "DECODE_BUDGET", Budget(1000))
     data = (library / "cats/a.png").read_bytes()  # 40 x 40
     status, body = get_json(httpd, "/api/search", "POST", data, {"Content-Type": "image/png"})
     assert status == 413 and body["error"] == "the upload decodes to 1600 pixels; the limit is 1000"

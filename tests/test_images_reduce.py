@@ -103,7 +103,7 @@ def test_small_images_and_jpegs_decode_exactly_as_before():
 
 
 def test_over_the_pixel_budget_is_refused_with_the_rule_and_the_value(monkeypatch, tmp_path):
-    monkeypatch.setattr(images, "MAX_DECODE_PIXELS", 1000)
+    monkeypatch.setattr(images, "DECODE_BUDGET", Budget(1000))
     path = tmp_path / "big.png"
     Image.fromarray(_scene(40, 30)).save(path)  # 1200 pixels
     with pytest.raises(images.PixelBudgetError, match=r"40x30 = 1200 pixels .* MAX_DECODE_PIXELS=1000") as e:
@@ -114,7 +114,7 @@ def test_over_the_pixel_budget_is_refused_with_the_rule_and_the_value(monkeypatc
 
 
 def test_a_jpeg_counts_at_its_reduced_decoding_scale(monkeypatch, tmp_path):
-    monkeypatch.setattr(images, "MAX_DECODE_PIXELS", 1000)
+    monkeypatch.setattr(images, "DECODE_BUDGET", Budget(1000))
     path = tmp_path / "photo.jpg"
     Image.fromarray(_scene(256, 128)).save(path, quality=90)  # 32768 pixels; 1/8 scale: 32 x 16
     assert images.decode_image(path, SIZE).shape == (SIZE, SIZE, 3)

@@ -26,6 +26,7 @@ RESAMPLE = Image.Resampling.BICUBIC
 # alone needs more is refused (PixelBudgetError). Pillow keeps RGB, RGBA, CMYK and 32-bit pixels in
 # 4 bytes (L and P in 1), so that is <= 256 MB: a 1 GB Raspberry Pi keeps room for the interpreter,
 # the index and the OS. A JPEG counts at its reduced decoding scale (1/64 of its pixels at most).
+# DECODE_BUDGET's capacity is the one rule: replace it (``Budget(n)``) for another budget.
 MAX_DECODE_PIXELS = 64_000_000
 DECODE_BUDGET = Budget(MAX_DECODE_PIXELS)
 # Box-reduce to at least this many times the target size before the bicubic resize: Pillow's
@@ -49,7 +50,7 @@ _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_18
 
 
 class PixelBudgetError(ValueError):
-    """An image that would decode to more than :data:`MAX_DECODE_PIXELS` pixels."""
+    """An image that would decode to more pixels than the pixel budget (:data:`DECODE_BUDGET`)."""
 
     def __init__(self, message: str, *, pixels: int, limit: int):
         super().__init__(message)
@@ -99,11 +100,11 @@ def _check_and_draft(img: Image.Image, image_size) -> bool:
         raise Image.DecompressionBombError(
             f"{img.width}x{img.height} pixels exceeds Image.MAX_IMAGE_PIXELS={limit}")
     drafted = bool(image_size) and img.draft("RGB", (image_size, image_size)) is not None
-    pixels = img.width * img.height
-    if pixels > MAX_DECODE_PIXELS:
+    pixels, limit = img.width * img.height, DECODE_BUDGET.capacity
+    if pixels > limit:
         raise PixelBudgetError(
             f"decoding {img.width}x{img.height} = {pixels} pixels is over the pixel budget "
-            f"MAX_DECODE_PIXELS={MAX_DECODE_PIXELS}", pixels=pixels, limit=MAX_DECODE_PIXELS)
+            f"MAX_DECODE_PIXELS={limit}", pixels=pixels, limit=limit)
     return drafted
 
 
