@@ -637,3 +637,36 @@ def test_a_slow_upload_within_the_bound_is_answered(quick_timeouts, library):
 def test_read_bounds_must_be_positive_seconds(index_file, model, library, kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         server.make_server(index_file, model, library, port=0, **kwargs)
+
+
+# --- thumbnails --------------------------------------------------------------------------------
+
+def test_thumbnails_are_cached_until_the_photo_changes(index_file, model, library, ids, tmp_path,
+                                                       monkeypatch):
+    from edge_demo import app as app_module
+
+    root = tmp_path / "photos"
+    shutil.copytree(library, root)
+    made = []
+    original = app_module.encode_thumbnail
+
+    def counting(path, size):
+        made.append((path.name, size))
+        return original(path, size)
+
+    monkeypatch.setattr(app_module, "encode_thumbnail", counting)
+    item = ids["cats/b.jpg"]
+    with running_server(index_file, model, root) as s:
+        first = request(s, "GET", f"/image/{item}?size=32")
+        again = request(s, "GET", f"/image/{item}?size=32")
+        assert first[0] == again[0] == 200 and first[2] == again[2]
+        assert made == [("b.jpg", 32)]  # the second answer came from the cache
+        # The photo is edited in place: a new thumbnail, of the new picture.
+        (root / "cats/b.jpg").write_bytes(_jpeg_bytes(np.full((40, 40, 3), (250, 10, 10), np.uint8)))
+        st = (root / "cats/b.jpg").stat()
+        os.utime(root / "cats/b.jpg", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        status, _, edited = request(s, "GET", f"/image/{item}?size=32")
+        assert status == 200 and edited != first[2] and made == [("b.jpg", 32)] * 2
+        with Image.open(io.BytesIO(edited)) as img:
+            assert np.abs(np.asarray(img.convert("RGB"), np.float32) - (250, 10, 10)).mean() < 10
+        assert s.app.thumbs.nbytes == len(edited) and len(s.app.thumbs) == 1
