@@ -670,3 +670,22 @@ def test_thumbnails_are_cached_until_the_photo_changes(index_file, model, librar
         with Image.open(io.BytesIO(edited)) as img:
             assert np.abs(np.asarray(img.convert("RGB"), np.float32) - (250, 10, 10)).mean() < 10
         assert s.app.thumbs.nbytes == len(edited) and len(s.app.thumbs) == 1
+
+
+def test_fifty_concurrent_mixed_requests_are_all_answered(httpd, ids):
+    """The bounded version of benchmarks/edge_load.py: 50 requests released at once (thumbnails,
+    searches by id, uploads, page parts), each on its own connection: all 200 with valid answers."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import edge_load
+
+    upload_name = "cats/b.jpg"
+    library = httpd.app.root
+    requests = edge_load.plan(50, sorted(ids.values()), (library / upload_name).read_bytes(), 48)
+    records = edge_load.fire(*httpd.server_address[:2], requests, timeout=60)
+    for r in records:
+        edge_load.check_answer(r, upload_name)
+    assert [r["outcome"] for r in records] == ["ok"] * 50, [(r["path"], r["outcome"], r.get("error"))
+                                                            for r in records if r["outcome"] != "ok"]
+    assert {r["kind"] for r in records} == set(edge_load.KINDS)
+    summary = edge_load.summarise(records)
+    assert summary["outcomes"] == {"ok": 50} and summary["latency_ms"]["n"] == 50
