@@ -500,11 +500,12 @@ def test_sorted_keys_give_stable_order_of_floats():
                         -np.finfo(np.float32).max, 1.0, -1.0], np.float32)
     dist = rng.choice(np.concatenate([special, rng.standard_normal(6).astype(np.float32)]),
                       size=(20, 200))
-    keys = ranking._sorted_keys(dist)
-    np.testing.assert_array_equal(keys & 0xFFFFFFFF, np.argsort(dist, axis=1, kind="stable"))
+    keys = ranking._sorted_keys(dist.copy(), np.empty(dist.shape, np.int64))
+    distance, index = ranking._halves(keys)
+    np.testing.assert_array_equal(index, np.argsort(dist, axis=1, kind="stable"))
     ranked = np.sort(dist, axis=1)
-    tied = (keys[:, 1:] ^ keys[:, :-1]).view(np.uint64) < 1 << 32
-    np.testing.assert_array_equal(tied, ranked[:, 1:] == ranked[:, :-1])
+    np.testing.assert_array_equal(distance[:, 1:] == distance[:, :-1], ranked[:, 1:] == ranked[:, :-1])
+    np.testing.assert_array_equal(keys & 0xFFFFFFFF, index)  # the index is the low half
 
 
 def test_float_all_tied_and_single_item():

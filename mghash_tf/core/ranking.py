@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 
 import numpy as np
 
@@ -137,6 +138,11 @@ def ranked_chunks(data: Prepared, *, chunk_size=None):
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ValueError(f"`chunk_size` must be a positive integer. Received: chunk_size={chunk_size!r}")
     db_t = np.ascontiguousarray(data.db.T)
+    if data.metric != "hamming":
+        # Reused by every chunk: fresh pages for these (q, n) arrays cost as much as filling them.
+        rows = min(chunk_size, data.query.shape[0])
+        dist_buffer = np.empty((rows, data.num_db), np.float32)
+        key_buffer = np.empty((rows, data.num_db), np.int64)
     for start in range(0, data.query.shape[0], chunk_size):
         query = data.query[start:start + chunk_size]
         labels = data.query_labels[start:start + chunk_size]
@@ -144,8 +150,8 @@ def ranked_chunks(data: Prepared, *, chunk_size=None):
             yield HammingChunk(_hamming(query, db_t, data.num_bits), labels, data.db_labels,
                                data.num_bits + 1)
         else:
-            dist = _float_distances(query, data.db, db_t, data.metric)
-            yield FloatChunk(dist, labels, data.db_labels)
+            dist = _float_distances(query, data.db, db_t, data.metric, dist_buffer[:len(query)])
+            yield FloatChunk(_sorted_keys(dist, key_buffer[:len(query)]), labels, data.db_labels)
 
 
 class HammingChunk:
@@ -177,13 +183,13 @@ class HammingChunk:
 
 
 class FloatChunk:
-    """One chunk of queries ranked by float distances: one sort of (distance, index) keys."""
+    """One chunk of queries ranked by float distances, from their sorted keys (:func:`_sorted_keys`)."""
 
-    def __init__(self, dist, query_labels, db_labels):
-        keys = _sorted_keys(dist)
-        # Neighbours in sorted order with equal distance bits (high halves) are exact ties.
-        self.tie_links = np.flatnonzero((keys[:, 1:] ^ keys[:, :-1]).view(np.uint64) < 1 << 32)
-        self.ranked_rel = relevance(query_labels, db_labels, keys & 0xFFFFFFFF)
+    def __init__(self, keys, query_labels, db_labels):
+        distance, index = _halves(keys)
+        # Neighbours in sorted order with equal distance bits are exact ties.
+        self.tie_links = np.flatnonzero(distance[:, 1:] == distance[:, :-1])
+        self.ranked_rel = relevance(query_labels, db_labels, index)
         self.total = np.count_nonzero(self.ranked_rel, axis=1)
 
     @functools.cached_property
@@ -224,22 +230,29 @@ def relevance(query_labels, db_labels, order=None) -> np.ndarray:
     return rel if order is None else np.take_along_axis(rel, order, axis=1)
 
 
-def _sorted_keys(dist):
-    """Each row's ``(distance, database index)`` pairs as sorted int64 keys.
+def _sorted_keys(dist, out):
+    """Each row's ``(distance, database index)`` pairs as sorted int64 keys, into ``out``.
 
     The high 32 bits map float32 distances to int32 in the same order (IEEE bits read as an
     int, with the magnitude bits of negatives flipped), the low 32 bits hold the index: one
     sort of plain integers then ranks ties by database order, measured ~2x faster here than
-    one unstable float argsort (and ~10x faster than a stable one).
+    one unstable float argsort (and ~10x faster than a stable one). Overwrites ``dist``.
     """
-    dist = dist + np.float32(0.0)  # -0.0 becomes +0.0: equal distances need equal bits
+    dist += np.float32(0.0)  # -0.0 becomes +0.0: equal distances need equal bits
     bits = dist.view(np.int32)
-    bits ^= (bits >> 31) & np.int32(0x7FFFFFFF)
-    keys = bits.astype(np.int64)
-    keys <<= 32
-    keys |= np.arange(dist.shape[1], dtype=np.int64)
-    keys.sort(axis=1)
-    return keys
+    flip = bits >> 31
+    flip &= np.int32(0x7FFFFFFF)
+    distance, index = _halves(out)
+    np.bitwise_xor(bits, flip, out=distance)
+    index[...] = np.arange(dist.shape[1], dtype=np.int32)
+    out.sort(axis=1)
+    return out
+
+
+def _halves(keys):
+    """(q, n) int32 views of the high (distance) and low (index) halves of int64 keys."""
+    pairs = keys.view(np.int32).reshape(*keys.shape, 2)
+    return (pairs[..., 1], pairs[..., 0]) if sys.byteorder == "little" else (pairs[..., 0], pairs[..., 1])
 
 
 def _hamming(query, db_t, num_bits):
@@ -252,11 +265,12 @@ def _hamming(query, db_t, num_bits):
     return dist
 
 
-def _float_distances(query, db, db_t, metric):
+def _float_distances(query, db, db_t, metric, out):
     if metric == "cosine":
-        return -(query @ db_t)
+        np.matmul(query, db_t, out=out)
+        return np.negative(out, out=out)
     sq = (query * query).sum(axis=1)[:, None] + (db * db).sum(axis=1)[None, :]
-    return sq - 2.0 * (query @ db_t)
+    return np.subtract(sq, 2.0 * (query @ db_t), out=out)
 
 
 def group_counts(groups: np.ndarray, rel: np.ndarray, num_groups: int):
