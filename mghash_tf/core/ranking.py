@@ -12,8 +12,9 @@ offer, computed on first use,
 Hamming distances are small integers: their tie groups come from per-distance counts and the
 stable order from a radix sort. Float distances are sorted once, as 64-bit keys (distance bits,
 database index), which yields the stable order directly and shows the ties as equal neighbours
-(float32 distances tie more often than one might think: ~150 exact ties per row of 50,000 cosine
-distances here); the tie groups then come from the few relevant items and tie links alone.
+(float32 distances tie more often than one might think: ~17 exact ties per row of 50,000 64-d
+cosine distances in benchmarks/metrics_speed.py, so nearly every row has some); the tie groups
+then come from the few relevant items and tie links alone.
 
 The tie rules and their statistics are in :mod:`mghash_tf.core.rank_stats`.
 """
