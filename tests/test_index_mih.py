@@ -143,7 +143,8 @@ def test_single_queries_equal_the_reference(kind, k, probe_count):
         assert any(probe_count)  # clustered queries are answered by probing
 
 
-@pytest.mark.parametrize("num_bits, tables", [(32, 2), (64, 3), (64, 5), (128, 6), (48, 2), (136, 5)])
+@pytest.mark.parametrize("num_bits, tables",
+                         [(32, 2), (64, 3), (64, 5), (128, 6), (48, 2), (136, 5)])
 def test_single_queries_across_code_lengths(monkeypatch, num_bits, tables, probe_count):
     """Multi-word codes and substrings that straddle word boundaries (128 / 6, 136 / 5)."""
     monkeypatch.setattr(mih, "WORK_PER_CODE", 1.0)  # small n: probe even where a scan is cheaper
@@ -204,6 +205,10 @@ def test_fold_int_matches_fold_and_plan_bounds_hold():
         assert d[~probed].min() >= tables.plan.bounds[i]
     # Probes of a step range are distinct per table, so a step meets a code at most once per
     # table (the multiset bound of the single-query search relies on it).
-    table, flips, _ = tables.step_probes(0, 5)
-    pairs = table.astype(np.int64) * (1 << 32) + flips
+    probes = tables.step_probes(0, 5)
+    pairs = probes.table.astype(np.int64) * (1 << 32) + probes.flip
     assert len(np.unique(pairs)) == len(pairs)
+    # Uniform codes (5000 in 2**13 buckets per table) fill them as the cost model expects.
+    qb = tables.query_buckets_one(query[0])
+    _, lengths = tables.bucket_spans(probes.base + (qb[probes.table] ^ probes.flip))
+    assert 0.5 * probes.uniform < lengths.sum() < 2 * probes.uniform

@@ -129,6 +129,7 @@ class MultiIndexHash:
         D, P = topk.padded(nq, k)
         solved = np.zeros(nq, dtype=bool)
         qbuckets = self._tables.query_buckets(queries)
+        query_words = [np.ascontiguousarray(queries[:, w]) for w in range(queries.shape[1])]
         upper = upper.astype(np.int32)
         active = np.arange(nq)
         kept_key, kept_d = np.empty(0, np.int64), np.empty(0, np.int32)
@@ -136,7 +137,7 @@ class MultiIndexHash:
         for step, (s, j) in enumerate(plan.steps):
             if not active.size or plan.cum_work[step] > n * WORK_PER_CODE:
                 break
-            q, d, rows = self._probe(queries, qbuckets, active, s, j, upper)
+            q, d, rows = self._probe(query_words, qbuckets, active, s, j, upper)
             key = np.concatenate([kept_key, q * n + self._tables.pos[rows]])
             key, first = np.unique(key, return_index=True)
             d = np.concatenate([kept_d, d])[first]
@@ -156,21 +157,22 @@ class MultiIndexHash:
                 kept_key, kept_d = kept_key[~sel], kept_d[~sel]
         return D, P, solved
 
-    def _probe(self, queries, qbuckets, active, s, j, upper):
+    def _probe(self, query_words, qbuckets, active, s, j, upper):
         """(query, distance, row) of codes in table j's buckets at radius s, within ``upper``.
 
-        A code may be returned more than once.
+        ``query_words``: the queries' words as contiguous columns (1-D gathers are cheaper
+        than gathering rows of a 2-D array). A code may be returned more than once.
         """
         t = self._tables
         flips = t.flips(s, j)
         idx = t.offset_base[j] + (qbuckets[j][active][:, None] ^ flips[None, :])
         rows, lengths = t.bucket_rows(idx.ravel())
         row_q = np.repeat(np.repeat(active, len(flips)), lengths)
-        x = t.codes[rows] ^ queries[row_q]
-        counts8 = np.empty(x.shape, dtype=np.uint8)
-        distance.popcount_into(x, counts8)
-        d = counts8[:, 0].astype(np.int32) if x.shape[1] == 1 else counts8.sum(1, dtype=np.int32)
-        keep = d <= upper[row_q]
+        d = None
+        for column, qcol in zip(t.code_words, query_words):
+            x = distance.popcount(column[rows] ^ qcol[row_q])
+            d = x if d is None else d + x.astype(np.int32)
+        keep = (d <= upper[row_q]).nonzero()[0]
         return row_q[keep], d[keep], rows[keep]
 
 

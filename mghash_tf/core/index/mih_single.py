@@ -17,7 +17,11 @@ from __future__ import annotations
 import numpy as np
 
 from mghash_tf.core.index.distance import popcount
-from mghash_tf.core.index.mih_tables import SubstringTables
+from mghash_tf.core.index.mih_tables import SubstringTables, span_rows
+
+# The first step's buckets holding at most this many times what uniform codes would put there
+# mark a query far from the stored codes: the sample then decides whether probing pays.
+SPARSE = 8.0
 
 
 def search_one(tables: SubstringTables, sample: np.ndarray, query: np.ndarray, k: int,
@@ -25,24 +29,31 @@ def search_one(tables: SubstringTables, sample: np.ndarray, query: np.ndarray, k
     """``(D int32 (k,), P int64 (k,))`` of one packed query (W,), or None where probing is
     expected to cost more than ``budget`` (candidates plus probes), so the scan should answer.
 
-    Needs ``k < tables.num_codes``. ``sample`` (S, W) holds stored codes: its ``k * S / n``-th
-    distance estimates the k-th distance, hence the last step, and its k-th bounds it.
-
-    At most two probing steps: the first reaches radius 1 (or the estimated last step, if
-    sooner). The k-th distance among the codes it found bounds the true one from above, so the
-    second step goes straight to the step that bound needs, which finishes the search.
+    Needs ``k < tables.num_codes``. At most two probing steps: the first reaches radius 1 in
+    every table (if the budget allows). The k-th distance among the codes it found bounds the
+    true one from above, so the second step goes straight to the plan step that bound needs,
+    which finishes the search. Where the first step's buckets are no fuller than uniform codes
+    would fill them (the neighbours are likely far), ``sample`` (S, W) of stored codes decides
+    first whether probing pays: its ``k * S / n``-th distance estimates the k-th distance, its
+    k-th bounds it.
     """
     plan, shift = tables.plan, tables.position_bits
-    estimate, upper = _sample_kth(tables, sample, query, k)
-    last = tables.last_step(estimate)
-    if plan.cum_work[last] > budget:
+    # Radius 1 where the budget allows (small indexes may afford radius 0 only).
+    affordable = int(plan.cum_work.searchsorted(budget, side="right")) - 1
+    first, last = 0, min(tables.radius_one_step, affordable)
+    if last < 0:
         return None
     qb = tables.query_buckets_one(query)
-    keys = None
-    first, last = 0, min(last, tables.radius_one_step)
+    keys, upper = None, tables.num_bits
     while True:
-        table, flips, base = tables.step_probes(first, last)
-        rows, _ = tables.bucket_rows(base + (qb[table] ^ flips))
+        probes = tables.step_probes(first, last)
+        idx = probes.base + (qb[probes.table] ^ probes.flip)
+        starts, lengths = tables.bucket_spans(idx)
+        if keys is None and lengths.sum() <= SPARSE * probes.uniform:
+            estimate, upper = _sample_kth(tables, sample, query, k)
+            if plan.cum_work[tables.last_step(estimate)] > budget:
+                return None
+        rows = span_rows(starts, lengths)
         d = _distances(tables.code_words, query, rows)
         upper = min(upper, _multiset_kth(d, k * tables.num_tables, upper))
         near = (d <= upper).nonzero()[0]
@@ -55,6 +66,8 @@ def search_one(tables: SubstringTables, sample: np.ndarray, query: np.ndarray, k
                 top = keys[:k]
                 return (top >> shift).astype(np.int32), top & ((1 << shift) - 1)
             keys = keys[: keys.searchsorted((upper + 1) << shift)]
+        elif upper == tables.num_bits:  # fewer than k found and no bound yet
+            upper = _sample_kth(tables, sample, query, k)[1]
         first, last = last + 1, max(last + 1, tables.last_step(upper))
         if last == len(plan.steps) or plan.cum_work[last] > budget:
             return None

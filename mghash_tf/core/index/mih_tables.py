@@ -1,4 +1,4 @@
-"""Substring tables of multi-index hashing: codes in bucket order, probe lists, step plans. NumPy only.
+"""Substring tables of multi-index hashing: codes in bucket order, probes, the plan. NumPy only.
 
 Table ``j`` holds every code sorted by the folded bucket of substring ``j``, with bucket offsets.
 Why each table stores a copy of the codes in bucket order: candidates are then read from
@@ -28,6 +28,15 @@ class Plan(NamedTuple):
     steps: list
     bounds: np.ndarray
     cum_work: np.ndarray
+
+
+class Probes(NamedTuple):
+    """Probes of a range of plan steps: bucket ``base + (qb[table] ^ flip)`` in ``offsets``
+    for query buckets ``qb``; ``uniform``: codes they would hold if codes were uniform."""
+    table: np.ndarray
+    flip: np.ndarray
+    base: np.ndarray
+    uniform: float
 
 
 class SubstringTables:
@@ -110,9 +119,8 @@ class SubstringTables:
             self._flip_cache[s, j] = fold(flip_masks(b - a, s), b - a, self.bucket_bits[j])
         return self._flip_cache[s, j]
 
-    def step_probes(self, first: int, last: int) -> tuple:
-        """``(table, flip, base)`` per distinct probe of plan steps ``first..last``: bucket
-        ``base + (qb[table] ^ flip)`` in ``offsets`` for query buckets ``qb`` (cached).
+    def step_probes(self, first: int, last: int) -> Probes:
+        """Distinct probes of plan steps ``first..last`` (cached).
 
         Distinct per table (folding maps some flips together), so the steps meet a code at
         most once per table.
@@ -125,14 +133,24 @@ class SubstringTables:
                      for f in per_table]
             table = np.repeat(np.arange(self.num_tables), [len(f) for f in flips])
             base = np.asarray(self.offset_base, dtype=np.intp)[table]
-            self._range_cache[first, last] = table, np.concatenate(flips), base
+            uniform = sum(len(f) * self.num_codes / 2**bb for f, bb in zip(flips, self.bucket_bits))
+            self._range_cache[first, last] = Probes(table, np.concatenate(flips), base, uniform)
         return self._range_cache[first, last]
 
-    def bucket_rows(self, idx: np.ndarray):
-        """``(rows, lengths)``: rows of ``codes``/``pos`` in the buckets ``idx`` (flat
-        ``offsets`` indices), bucket after bucket, and each bucket's length."""
+    def bucket_spans(self, idx: np.ndarray):
+        """``(starts, lengths)`` of the buckets ``idx`` (flat ``offsets`` indices)."""
         starts = self.offsets[idx]
-        lengths = self._ends[idx] - starts
-        ends = lengths.cumsum(dtype=np.int64)  # int32 offsets, but a batch may pass 2**31 rows
-        total = int(ends[-1]) if ends.size else 0
-        return np.arange(total) + (starts - (ends - lengths)).repeat(lengths), lengths
+        return starts, self._ends[idx] - starts
+
+    def bucket_rows(self, idx: np.ndarray):
+        """``(rows, lengths)``: rows of ``codes``/``pos`` in the buckets ``idx``, bucket after
+        bucket, and each bucket's length."""
+        starts, lengths = self.bucket_spans(idx)
+        return span_rows(starts, lengths), lengths
+
+
+def span_rows(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(s, s + n) for s, n in zip(starts, lengths)])`` in four calls."""
+    ends = lengths.cumsum(dtype=np.int64)  # int32 offsets, but a batch may pass 2**31 rows
+    total = int(ends[-1]) if ends.size else 0
+    return np.arange(total) + (starts - (ends - lengths)).repeat(lengths)
