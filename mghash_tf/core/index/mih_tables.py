@@ -105,7 +105,7 @@ class SubstringTables:
     def query_buckets_one(self, query: np.ndarray) -> np.ndarray:
         """Buckets of one packed query (W,), one per table, with Python ints: a handful of
         scalar operations cost less than the NumPy calls of ``query_buckets``."""
-        value = int.from_bytes(query.astype("<u8").tobytes(), "little")  # bit j = code bit j
+        value = sum(int(w) << (64 * i) for i, w in enumerate(query.tolist()))  # bit j = code bit j
         return np.array([fold_int((value >> a) & ((1 << (b - a)) - 1), b - a, bb)
                          for (a, b), bb in zip(self.substrings, self.bucket_bits)], dtype=np.intp)
 
