@@ -74,6 +74,13 @@ def parse_args(argv=None):
     p.add_argument("--fast-epochs", type=int, default=10, help="fast suite: training epochs")
     p.add_argument("--fast-learning-rate", type=float, help="fast suite: override the recipe's rate")
     p.add_argument("--fast-batch-size", type=int, help="fast suite: override the recipe's batch size")
+    p.add_argument("--variant", help="name kept in the records beside the layout, so a second run of a layout "
+                                      "(e.g. a shorter schedule) does not replace the first")
+    p.add_argument("--skip-baselines", action="store_true",
+                   help="fast suite: measure the codes only (the baselines on the model's features are the main run's)")
+    p.add_argument("--fast-set", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="fast suite: any other TrainConfig override, VALUE read as JSON when it parses "
+                        "(e.g. --fast-set val_every=5 bias_lr_scale=64)")
     p.add_argument("--mixed-precision", help="auto (default: bfloat16 where the CPU has it), none, bfloat16, float16")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -195,11 +202,15 @@ def suite_of(row) -> str:
 
 
 def _fast_run_lines(runs) -> list:
-    return [f"- **{r['dataset']} {r['layout']}**: `{r['command']}`, {r['date']}, {r['machine']}; "
+    return [f"- **{r['dataset']} {layout_name(r)}**: `{r['command']}`, {r['date']}, {r['machine']}; "
             f"{r['epochs']} epochs, best epoch {r['best_epoch']} (val mAP {r['best_val_map_fine']:.3f}), "
             f"training {r['train_seconds'] / 60:.1f} min at {r['train_images_per_second']:.0f} images/s "
             f"({r['mixed_precision']}), evaluation {r['eval_seconds'] / 60:.1f} min"
             for r in runs if suite_of(r) == "fast" and "layout" in r]
+
+
+def layout_name(row) -> str:
+    return f"{row['layout']} [{row['variant']}]" if row.get("variant") else row["layout"]
 
 
 def _run_lines(runs, suite) -> list:
@@ -232,9 +243,9 @@ def markdown(records, runs) -> str:
         lines += ["", f"## {title}", "", "### Runs", "", *_run_lines(runs, suite), "", "### Results", "",
                   "| dataset | granularity | model layout | bits | method | features | mAP | tie-aware mAP | eval s |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        for r in sorted(rows, key=lambda r: (r["dataset"], r["granularity"], r["layout"], r["bits"] or 10**6,
+        for r in sorted(rows, key=lambda r: (r["dataset"], r["granularity"], layout_name(r), r["bits"] or 10**6,
                                              r["features"] != "model", ORDER.get(r["method"], 99))):
-            lines.append(f"| {r['dataset']} | {r['granularity']} | {r['layout']} | {r['bits'] or '–'} | "
+            lines.append(f"| {r['dataset']} | {r['granularity']} | {layout_name(r)} | {r['bits'] or '–'} | "
                          f"{r['method']} | {r['features']} | {r['map']:.4f} | {r['map_tie_aware']:.4f} | "
                          f"{r.get('seconds', '–')} |")
     return "\n".join(lines) + "\n"
@@ -255,6 +266,8 @@ def plot(records, path):
                 continue
             label = r["method"] if r["features"] == "model" else f"{r['method']} ({r['features']})"
             if suite_of(r) == "fast":
+                if r.get("variant"):
+                    continue  # the plot shows the main runs; the table has the variants
                 label += " [fast]" if r["layout"].startswith("plain") else f" [fast {r['layout']}]"
             series.setdefault(label, []).append((r["bits"], r["map_tie_aware"]))
         for label, points in sorted(series.items()):
@@ -277,7 +290,7 @@ def plot(records, path):
 def _replaced(rows, args) -> list:
     """Rows that this run does not redo (same dataset, suite and, when given, layouts)."""
     def redone(r):
-        return (r["dataset"] in args.dataset and suite_of(r) == args.suite
+        return (r["dataset"] in args.dataset and suite_of(r) == args.suite and r.get("variant") == args.variant
                 and (not args.layouts or r.get("layout") in args.layouts))
     return [r for r in rows if not redone(r)]
 

@@ -14,6 +14,7 @@ cosine, and the seed's toy methods (sigmoid classifier-head bits, float L2).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -37,7 +38,21 @@ def config_for(args, data_spec: str, layout: str):
     overrides = {k: v for k, v in {"learning_rate": args.fast_learning_rate, "batch_size": args.fast_batch_size,
                                    "mixed_precision": args.mixed_precision}.items() if v is not None}
     return TrainConfig.preset("fast", data=data_spec, layout=layout, frozen_epochs=args.fast_epochs,
-                              seed=args.seed, max_train=args.max_train, **overrides)
+                              seed=args.seed, max_train=args.max_train, **overrides, **parse_set(args.fast_set))
+
+
+def parse_set(items) -> dict:
+    """``["val_every=5", "tta=false"]`` -> ``{"val_every": 5, "tta": False}`` (JSON values, else text)."""
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--fast-set takes FIELD=VALUE items. Received: {item!r}")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    return out
 
 
 def best_epoch(history: dict):
@@ -85,19 +100,21 @@ def run_dataset(name, path, args, records, runs, prov):
         image_set = image_set.subset(np.setdiff1d(np.arange(len(image_set)), drop))
     for layout in args.layouts or LAYOUTS[name]:
         config = config_for(args, f"npz:{path}", layout)
-        result = train(config, args.models / f"fast_{name}_{layout}", image_set=image_set, verbose=2)
+        suffix = f"_{args.variant}" if args.variant else ""
+        result = train(config, args.models / f"fast_{name}_{layout}{suffix}", image_set=image_set, verbose=2)
         protocol = (f"query = {int((image_set.split == 1).sum())} test images, database = "
                     f"{int((image_set.split == 0).sum())} train images, mAP@all; fast_cnn from scratch, "
                     f"fast recipe, {config.frozen_epochs} epochs, selection on a "
                     f"{config.val_fraction:.0%} validation split of train")
         base = {"dataset": name, "suite": "fast", "protocol": protocol, "backbone": "fast_cnn",
-                "image_size": config.image_size, "layout": layout}
+                "image_size": config.image_size, "layout": layout, **({"variant": args.variant} if args.variant else {})}
         start = time.perf_counter()
         # Each layout's run record carries its own command, date, machine and wall time.
         granularities = [g for g in GRANULARITIES.get(layout, DEFAULT_GRANULARITIES)
                          if g != "coarse" or image_set.has_coarse]
+        baselines = layout not in NO_BASELINES and not args.skip_baselines
         evaluation = evaluate(result.model, image_set, granularities=granularities,
-                              baselines=layout not in NO_BASELINES, toy_baselines=layout not in NO_BASELINES,
+                              baselines=baselines, toy_baselines=baselines,
                               tta=TTA_MODES, seed=args.seed)
         run = {**run_record(base, prov, config, result, start), "wall_seconds": round(time.perf_counter() - wall, 1)}
         runs.append(run)

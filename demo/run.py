@@ -46,7 +46,7 @@ def write_photo_folder(image_set, root: Path) -> list:
 
 def index_map(index, query_codes, query_labels, name_labels: dict, search_args: dict) -> float:
     """mAP@all from the index's own ranking (ties by insertion order, as in metrics)."""
-    from mghash_tf.core.ranking import ap_stable
+    from mghash_tf.core.rank_stats import ap_stable
 
     _, ids = index.search(query_codes, len(index), **search_args)
     db_labels = np.array([name_labels[n] for n in index.names_of(ids.ravel())]).reshape(ids.shape)

@@ -7,17 +7,16 @@ import io
 import logging
 import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from edge_demo import photos
 from edge_demo.params import ApiError, int_param, str_param, upload_bytes
 from edge_demo.snapshot import IndexHolder
+from edge_demo.thumbs import CACHE_BYTES, ThumbCache, encode_thumbnail
 from mghash_tf.core import granularity as granularity_lib
-from mghash_tf.core.images import PixelBudgetError, decode_image
+from mghash_tf.core.images import PixelBudgetError
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +24,6 @@ DEFAULT_MAX_UPLOAD = 10 * 1024 * 1024
 MAX_K = 1000
 MAX_ITEMS_PAGE = 1000
 THUMB_DEFAULT, THUMB_MIN, THUMB_MAX = 256, 16, 1024
-THUMB_CACHE_ENTRIES = 512
 # Uploads decoded at once; one more waits up to UPLOAD_WAIT_S for a slot, then gets 503. Memory
 # is bounded anyway (the pixel budget of mghash_tf.core.images); this bounds the queue.
 UPLOAD_DECODES = 2
@@ -45,31 +43,11 @@ class LockedEncoder:
             return self._encoder.encode_bits(images, tta=tta)
 
 
-class ThumbCache:
-    """LRU of JPEG thumbnails keyed by file identity, so browsing a grid does not re-decode."""
-
-    def __init__(self, entries: int = THUMB_CACHE_ENTRIES):
-        self._data, self._entries, self._lock = OrderedDict(), entries, threading.Lock()
-
-    def get(self, key):
-        with self._lock:
-            if key in self._data:
-                self._data.move_to_end(key)
-                return self._data[key]
-        return None
-
-    def put(self, key, value) -> None:
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self._entries:
-                self._data.popitem(last=False)
-
-
 class App:
     """Everything a request handler needs; one per server."""
 
-    def __init__(self, index_path, encoder, root, *, max_upload: int = DEFAULT_MAX_UPLOAD):
+    def __init__(self, index_path, encoder, root, *, max_upload: int = DEFAULT_MAX_UPLOAD,
+                 thumb_cache_bytes: int = CACHE_BYTES):
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise ValueError(f"--root must be the indexed photo folder. Received: {root}")
@@ -78,7 +56,7 @@ class App:
         self.encoder = LockedEncoder(encoder)
         self.holder = IndexHolder(index_path, encoder)
         self.max_upload = max_upload
-        self.thumbs = ThumbCache()
+        self.thumbs = ThumbCache(thumb_cache_bytes)
         self.upload_slots = threading.BoundedSemaphore(UPLOAD_DECODES)
 
     # -- queries ---------------------------------------------------------------------------
@@ -186,21 +164,16 @@ class App:
             st = path.stat()
         except OSError:
             raise ApiError(404, f"photo {item_id} is indexed but its file is gone") from None
-        key = (str(path), st.st_size, st.st_mtime_ns, size)
-        cached = self.thumbs.get(key)
+        stamp = (st.st_size, st.st_mtime_ns)
+        cached = self.thumbs.get(str(path), size, stamp)
         if cached is not None:
             return cached
         try:
-            array = decode_image(path)
+            data = encode_thumbnail(path, size)
         except Exception as e:  # the file changed into something unreadable since indexing
             logger.warning("cannot decode %s: %s: %s", path, type(e).__name__, e)
             raise ApiError(404, f"photo {item_id} can no longer be read") from None
-        img = Image.fromarray(array)
-        img.thumbnail((size, size))
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=85)
-        data = buf.getvalue()
-        self.thumbs.put(key, data)
+        self.thumbs.put(str(path), size, stamp, data)
         return data
 
     def _photo_path(self, name: str) -> Path:

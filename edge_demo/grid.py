@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from mghash_tf.core.images import decode_image
+from mghash_tf.core.images import decode_thumbnail
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +35,11 @@ def grid_size(tiles: int, thumb: int, columns: int) -> tuple:
 def _thumbnail(image, thumb: int) -> Image.Image:
     """Aspect-preserving thumbnail of an array or path; a grey square when the file is unreadable."""
     try:
-        array = image if isinstance(image, np.ndarray) else decode_image(image)
+        small = Image.fromarray(image) if isinstance(image, np.ndarray) else decode_thumbnail(image, thumb)
     except Exception as e:  # a photo deleted or damaged since indexing must not stop the grid
         logger.warning("no thumbnail for %s: %s: %s", image, type(e).__name__, e)
         return Image.new("RGB", (thumb, thumb), MISSING)
-    return ImageOps.contain(Image.fromarray(array), (thumb, thumb), Image.Resampling.BICUBIC)
+    return ImageOps.contain(small, (thumb, thumb), Image.Resampling.BICUBIC)
 
 
 def write_grid(out_path, query, results, *, thumb: int = 96, columns: int = 6) -> tuple:

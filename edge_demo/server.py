@@ -22,6 +22,12 @@ resolved path must stay inside ``--root``; a request never names a file. Uploads
 client caused are 4xx with a short JSON message; anything else is logged and answered with a
 generic 500 (no traceback leaves the process).
 
+Slow clients: reading a request is bounded as a whole, not per wait (:mod:`edge_demo.deadline`):
+the request line and headers within ``HEADER_TIMEOUT_S``, a body within ``BODY_TIMEOUT_S``. A
+client that runs past either (a body shorter than its Content-Length, headers trickled a byte at
+a time) gets 408 and the connection is closed, logged as one warning line; a connection that
+sends nothing (an idle keep-alive one included) is closed quietly after ``HEADER_TIMEOUT_S``.
+
 This module is the HTTP layer only (routing, bodies, headers). The answers come from
 :mod:`edge_demo.app`, parameters and uploads are parsed by :mod:`edge_demo.params`, and the index
 is reloaded while serving by :mod:`edge_demo.snapshot`.
@@ -29,6 +35,8 @@ is reloaded while serving by :mod:`edge_demo.snapshot`.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import ipaddress
 import json
 import logging
@@ -40,6 +48,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from edge_demo.app import DEFAULT_MAX_UPLOAD, App
+from edge_demo.deadline import DeadlineReader, RequestTimeout
 from edge_demo.params import ApiError
 
 logger = logging.getLogger(__name__)
@@ -50,8 +59,13 @@ STATIC_FILES = {"index.html": "text/html; charset=utf-8",
                 "app.js": "text/javascript; charset=utf-8",
                 "style.css": "text/css; charset=utf-8"}
 DRAIN_FACTOR = 4
-# A silent client must not hold a worker thread forever.
-REQUEST_TIMEOUT_S = 30
+# Whole-phase bounds on reading a request (see the module docstring). The header bound is also
+# how long an idle keep-alive connection stays open; the body bound lets the default 10 MB upload
+# through at 1.4 Mbit/s.
+HEADER_TIMEOUT_S = 10.0
+BODY_TIMEOUT_S = 60.0
+# Each send of an answer: a client that stops reading must not hold a worker thread forever.
+SEND_TIMEOUT_S = 30
 IMAGE_ROUTE = re.compile(r"/image/([0-9]{1,18})")
 API = "/api"
 API_STATS, API_ITEMS, API_SEARCH = (f"{API}/{name}" for name in ("stats", "items", "search"))
@@ -86,11 +100,38 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "mghash-edge"
     sys_version = ""
     protocol_version = "HTTP/1.1"
-    timeout = REQUEST_TIMEOUT_S
+    timeout = SEND_TIMEOUT_S
 
     @property
     def app(self) -> App:
         return self.server.app
+
+    def setup(self):
+        super().setup()
+        self.rfile.close()  # the socket file: replaced by the same buffering over a deadline
+        self._reader = DeadlineReader(self.connection, self.timeout)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self):
+        # What answering needs if the request line itself never arrives (parse_request sets them).
+        self.command, self.requestline, self.request_version = "", "", self.protocol_version
+        self._reader.start("request line and headers", self.server.header_timeout_s)
+        try:
+            super().handle_one_request()
+        except RequestTimeout as e:
+            if self._reader.received:
+                self._answer_timeout(e)
+            else:  # an idle keep-alive connection, or one that never sent anything
+                logger.debug("%s: closing a silent connection: %s", self.address_string(), e)
+                self.close_connection = True
+
+    def _answer_timeout(self, error: RequestTimeout):
+        request = f"{self.command} {self.path[:200]}: " if self.command else ""
+        logger.warning("%s: %s%s; answered 408", self.address_string(), request, error)
+        try:
+            self._json(408, {"error": f"request timeout: {error}"}, close=True)
+        except OSError:  # the client is gone as well
+            self.close_connection = True
 
     def log_message(self, fmt, *args):
         logger.info("%s %s", self.address_string(), fmt % args)
@@ -122,6 +163,8 @@ class Handler(BaseHTTPRequestHandler):
             self._route(method, url.path, query)
         except ApiError as e:
             self._json(e.status, {"error": e.message}, close=e.status >= 413 or method == "POST")
+        except RequestTimeout as e:
+            self._answer_timeout(e)
         except (BrokenPipeError, ConnectionResetError):
             logger.info("client went away: %s", self.path[:200])
         except ValueError as e:  # parse_qs limits and similar malformed input
@@ -171,11 +214,13 @@ class Handler(BaseHTTPRequestHandler):
         if raw is None or not raw.strip().isdigit():
             raise ApiError(411, "Content-Length is required")
         length = int(raw)
+        self._reader.start("request body", self.server.body_timeout_s)
         if length > self.app.max_upload:
             # A browser still sending gets a connection reset, not our 413, if we close first; so
             # a moderately oversize body is read and dropped. A huge one is not worth reading.
             if length <= DRAIN_FACTOR * self.app.max_upload:
-                discard(self.rfile, length)
+                with contextlib.suppress(RequestTimeout):  # 413 is the answer either way
+                    discard(self.rfile, length)
             raise ApiError(413, f"upload too large: {length} bytes, limit {self.app.max_upload}")
         body = self.rfile.read(length)
         if len(body) != length:
@@ -213,14 +258,23 @@ class Server(ThreadingHTTPServer):
     # 60 thumbnails at once.
     request_queue_size = 128
 
-    def __init__(self, address, app: App):
+    def __init__(self, address, app: App, *, header_timeout_s: float = HEADER_TIMEOUT_S,
+                 body_timeout_s: float = BODY_TIMEOUT_S):
+        for name, value in (("header_timeout_s", header_timeout_s), ("body_timeout_s", body_timeout_s)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"`{name}` must be a number of seconds > 0. Received: {name}={value!r}")
         self.app = app
+        self.header_timeout_s, self.body_timeout_s = header_timeout_s, body_timeout_s
         super().__init__(address, Handler)
 
 
 def make_server(index_path, model, root, *, host: str = "127.0.0.1", port: int = 8080,
-                max_upload: int = DEFAULT_MAX_UPLOAD, num_threads=None) -> Server:
+                max_upload: int = DEFAULT_MAX_UPLOAD, num_threads=None,
+                header_timeout_s: float = HEADER_TIMEOUT_S,
+                body_timeout_s: float = BODY_TIMEOUT_S) -> Server:
     """A bound (not yet serving) server; ``model`` is a path or a ``TFLiteEncoder``.
+    ``header_timeout_s`` and ``body_timeout_s`` bound the reading of each request (module
+    docstring).
 
     A ``TFLiteEncoder`` given here belongs to the server from then on: the server serialises
     its own calls, but an interpreter used from another thread at the same time breaks.
@@ -238,5 +292,5 @@ def make_server(index_path, model, root, *, host: str = "127.0.0.1", port: int =
     if not is_loopback(host):
         logger.warning("listening on %s: anyone who can reach this address can search and view "
                        "the photos", host)
-    return Server((host, port), app)
+    return Server((host, port), app, header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s)
 

@@ -431,6 +431,66 @@ def test_augmented_batches_keep_shape_dtype_range_and_labels():
     assert out.shape == x.shape and 0 <= out.min() and out.max() <= 255
 
 
+def _half_images(n):
+    """Images dark on the left half and white on the right: a 2-px shift keeps the outer
+    columns, a mirror swaps them."""
+    x = np.zeros((n, 8, 8, 3), np.uint8)
+    x[:, :, 4:] = 255
+    return x
+
+
+def _mirrored(images):
+    return images[:, :, -1, 0].mean(axis=1) < images[:, :, 0, 0].mean(axis=1)
+
+
+def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
+    from mghash_tf.data.pipeline import epoch_counter
+
+    x = _half_images(12)
+    labels = np.stack([np.arange(12), np.zeros(12, int)], 1)
+    epoch = epoch_counter()
+    ds = make_dataset(x, labels, batch_size=5, shuffle=True, seed=3, augment=True,
+                      augmentation="alternating_flip_translate", epoch=epoch)
+    seen = []
+    for e in range(3):
+        epoch.assign(e)
+        images, ids, _ = _epoch(ds)
+        seen.append(_mirrored(images)[np.argsort(ids[:, 0])])
+    assert 0 < seen[0].sum() < 12  # the first epoch mirrors a random part
+    np.testing.assert_array_equal(seen[1], ~seen[0])
+    np.testing.assert_array_equal(seen[2], seen[0])
+    epoch.assign(0)
+    again = make_dataset(x, labels, batch_size=5, shuffle=True, seed=3, augment=True,
+                         augmentation="alternating_flip_translate", epoch=epoch)
+    images, ids, _ = _epoch(again)
+    np.testing.assert_array_equal(_mirrored(images)[np.argsort(ids[:, 0])], seen[0])  # seeded
+    with pytest.raises(ValueError, match="epoch=None"):
+        make_dataset(x, labels, batch_size=4, augment=True, augmentation="alternating_flip_translate")
+
+
+def test_set_epoch_callback_reaches_the_data_keras_fit_reads():
+    # The model outputs (right column - left column) of its input, so each epoch's mean loss is
+    # 255 * (1 - 2 * fraction mirrored): alternating flips make consecutive epochs sum to 0.
+    import keras
+
+    from mghash_tf.data.pipeline import epoch_counter
+    from mghash_tf.training.callbacks import SetEpoch
+
+    x = _half_images(10)
+    labels = np.stack([np.arange(10), np.zeros(10, int)], 1)
+    epoch = epoch_counter()
+    ds = make_dataset(x, labels, batch_size=10, augment=True, augmentation="alternating_flip_translate",
+                      epoch=epoch, seed=5)
+    inputs = keras.Input((8, 8, 3))
+    contrast = keras.layers.Lambda(lambda t: t[:, :, -1, 0] - t[:, :, 0, 0])(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1, kernel_initializer="zeros", trainable=False)(contrast) +
+                        keras.ops.mean(contrast, axis=1, keepdims=True))
+    model.compile(optimizer="sgd", loss=lambda y_true, y_pred: keras.ops.mean(y_pred))
+    history = model.fit(ds, epochs=3, verbose=0, callbacks=[SetEpoch(epoch)]).history["loss"]
+    assert abs(history[0]) >= 51  # seed 5 mirrors 9 of 10 in the first epoch, not half by chance
+    assert history[1] == pytest.approx(-history[0]) and history[2] == pytest.approx(history[0])
+
+
 # --- embedded demo sample ---------------------------------------------------------------------
 
 def test_demo_sample_has_both_levels_and_both_splits():

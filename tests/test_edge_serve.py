@@ -576,3 +576,160 @@ def test_a_burst_of_connections_waits_in_the_backlog_instead_of_being_reset(inde
         if thread is not None:
             httpd.shutdown()
         httpd.server_close()
+
+
+# --- slow clients ------------------------------------------------------------------------------
+
+HEADER_S, BODY_S = 0.6, 0.6
+
+
+@pytest.fixture
+def quick_timeouts(index_file, model, library):
+    """A server whose read bounds are 0.6 s, so a stalled client is answered within a second."""
+    with running_server(index_file, model, library, max_upload=MAX_UPLOAD, header_timeout_s=HEADER_S,
+                        body_timeout_s=BODY_S) as s:
+        yield s
+
+
+def _raw(httpd, chunks, pause=0.0):
+    """Send ``chunks`` on a raw socket (``pause`` s apart) until the server answers, then read
+    until it closes; returns (everything received, seconds from the last chunk to the close)."""
+    import select
+    import socket
+    import time
+
+    with socket.create_connection(httpd.server_address[:2], timeout=10) as sock:
+        for i, chunk in enumerate(chunks):
+            if i and pause:
+                time.sleep(pause)
+            if select.select([sock], [], [], 0)[0]:
+                break  # answered already: more bytes would only meet a closed socket
+            sock.sendall(chunk)
+        t0 = time.monotonic()
+        received = b""
+        while True:
+            got = sock.recv(65536)
+            if not got:
+                return received, time.monotonic() - t0
+            received += got
+
+
+def _status_and_json(raw):
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), head.decode("latin-1"), json.loads(body)
+
+
+def _server_warnings(caplog):
+    return [r for r in caplog.records if r.name.startswith("edge_demo") and r.levelno >= 30]
+
+
+def test_a_body_shorter_than_its_content_length_is_408_without_a_traceback(quick_timeouts, caplog, capfd):
+    host, port = quick_timeouts.server_address[:2]
+    head = (f"POST /api/search HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: image/png\r\n"
+            f"Content-Length: 100000\r\n\r\n").encode()
+    with caplog.at_level("INFO", logger="edge_demo"):
+        raw, waited = _raw(quick_timeouts, [head + b"\x89PNG\r\n\x1a\n" + b"\x00" * 100])
+    status, text, body = _status_and_json(raw)
+    assert status == 408 and "request body" in body["error"], raw[:300]
+    assert "Connection: close" in text
+    assert BODY_S * 0.8 < waited < BODY_S + 5  # answered at the bound, not at a 30 s socket timeout
+    warnings = _server_warnings(caplog)
+    assert len(warnings) == 1 and "408" in warnings[0].getMessage(), [r.getMessage() for r in warnings]
+    assert not any(r.exc_info for r in caplog.records) and "Traceback" not in capfd.readouterr().err
+    assert get_json(quick_timeouts, "/api/stats")[0] == 200  # the server keeps serving
+
+
+@pytest.mark.parametrize("chunks, pause", [
+    ([b"GET /api/stats HTTP/1.1\r\nHost: localhost\r\n"], 0.0),  # headers never end
+    ([b"GET /api/st"], 0.0),                                      # the request line never ends
+    # A byte every 0.1 s: each wait is short, the whole read is not. A per-wait timeout never fires.
+    ([bytes([c]) for c in b"GET /api/stats HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaa"], 0.1),
+])
+def test_stalled_or_trickled_headers_are_408(quick_timeouts, caplog, capfd, chunks, pause):
+    with caplog.at_level("INFO", logger="edge_demo"):
+        raw, _ = _raw(quick_timeouts, chunks, pause)
+    status, text, body = _status_and_json(raw)
+    assert status == 408 and "request line and headers" in body["error"], raw[:300]
+    assert len(_server_warnings(caplog)) == 1
+    assert not any(r.exc_info for r in caplog.records) and "Traceback" not in capfd.readouterr().err
+
+
+def test_a_silent_connection_is_closed_after_the_header_bound(quick_timeouts, caplog):
+    host, port = quick_timeouts.server_address[:2]
+    with caplog.at_level("INFO", logger="edge_demo"):
+        raw, waited = _raw(quick_timeouts, [b""])
+        # An idle keep-alive connection too: one full answer, then the close.
+        kept, idle = _raw(quick_timeouts, [f"GET /api/stats HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()])
+    assert raw == b"" and HEADER_S * 0.8 < waited < HEADER_S + 5
+    assert kept.startswith(b"HTTP/1.1 200 ") and kept.count(b"HTTP/1.1") == 1
+    assert HEADER_S * 0.8 < idle < HEADER_S + 5
+    assert _server_warnings(caplog) == []  # closing an idle connection is routine
+
+
+def test_a_slow_upload_within_the_bound_is_answered(quick_timeouts, library):
+    host, port = quick_timeouts.server_address[:2]
+    data = (library / "cats/b.jpg").read_bytes()
+    head = (f"POST /api/search?k=1 HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n").encode()
+    raw, _ = _raw(quick_timeouts, [head, data[:100], data[100:]], pause=BODY_S / 4)
+    status, _, body = _status_and_json(raw)
+    assert status == 200 and body["results"][0]["name"] == "cats/b.jpg"
+
+
+@pytest.mark.parametrize("kwargs", [{"header_timeout_s": 0}, {"body_timeout_s": -1},
+                                    {"header_timeout_s": "5"}, {"body_timeout_s": True}])
+def test_read_bounds_must_be_positive_seconds(index_file, model, library, kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        server.make_server(index_file, model, library, port=0, **kwargs)
+
+
+# --- thumbnails --------------------------------------------------------------------------------
+
+def test_thumbnails_are_cached_until_the_photo_changes(index_file, model, library, ids, tmp_path,
+                                                       monkeypatch):
+    from edge_demo import app as app_module
+
+    root = tmp_path / "photos"
+    shutil.copytree(library, root)
+    made = []
+    original = app_module.encode_thumbnail
+
+    def counting(path, size):
+        made.append((path.name, size))
+        return original(path, size)
+
+    monkeypatch.setattr(app_module, "encode_thumbnail", counting)
+    item = ids["cats/b.jpg"]
+    with running_server(index_file, model, root) as s:
+        first = request(s, "GET", f"/image/{item}?size=32")
+        again = request(s, "GET", f"/image/{item}?size=32")
+        assert first[0] == again[0] == 200 and first[2] == again[2]
+        assert made == [("b.jpg", 32)]  # the second answer came from the cache
+        # The photo is edited in place: a new thumbnail, of the new picture.
+        (root / "cats/b.jpg").write_bytes(_jpeg_bytes(np.full((40, 40, 3), (250, 10, 10), np.uint8)))
+        st = (root / "cats/b.jpg").stat()
+        os.utime(root / "cats/b.jpg", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        status, _, edited = request(s, "GET", f"/image/{item}?size=32")
+        assert status == 200 and edited != first[2] and made == [("b.jpg", 32)] * 2
+        with Image.open(io.BytesIO(edited)) as img:
+            assert np.abs(np.asarray(img.convert("RGB"), np.float32) - (250, 10, 10)).mean() < 10
+        assert s.app.thumbs.nbytes == len(edited) and len(s.app.thumbs) == 1
+
+
+def test_fifty_concurrent_mixed_requests_are_all_answered(httpd, ids):
+    """The bounded version of benchmarks/edge_load.py: 50 requests released at once (thumbnails,
+    searches by id, uploads, page parts), each on its own connection: all 200 with valid answers."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import edge_load
+
+    upload_name = "cats/b.jpg"
+    library = httpd.app.root
+    requests = edge_load.plan(50, sorted(ids.values()), (library / upload_name).read_bytes(), 48)
+    records = edge_load.fire(*httpd.server_address[:2], requests, timeout=60)
+    for r in records:
+        edge_load.check_answer(r, upload_name)
+    assert [r["outcome"] for r in records] == ["ok"] * 50, [(r["path"], r["outcome"], r.get("error"))
+                                                            for r in records if r["outcome"] != "ok"]
+    assert {r["kind"] for r in records} == set(edge_load.KINDS)
+    summary = edge_load.summarise(records)
+    assert summary["outcomes"] == {"ok": 50} and summary["latency_ms"]["n"] == 50

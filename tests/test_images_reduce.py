@@ -154,3 +154,68 @@ def test_pillow_blocks_are_large_enough_to_go_back_to_the_system_unless_the_user
     env = {**os.environ, "PILLOW_BLOCK_SIZE": "1m"}
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True)
     assert out.stdout.strip() == str(1 << 20), out.stderr
+
+
+# --- thumbnails ----------------------------------------------------------------------------------
+
+def _recorded_factors(monkeypatch):
+    factors = []
+    original = images.reduced_rgb
+
+    def recording(img, factor=(1, 1)):
+        factors.append(factor)
+        return original(img, factor)
+
+    monkeypatch.setattr(images, "reduced_rgb", recording)
+    return factors
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P+transparency", "I;16"])
+def test_a_large_non_jpeg_thumbnail_decodes_reduced_and_equals_pillows_thumbnail(monkeypatch, mode):
+    data = _png(_variants()[mode])
+    factors = _recorded_factors(monkeypatch)
+    got = images.decode_thumbnail(io.BytesIO(data), 64)
+    # 600x450 into 64 px: 64x48, and Image.thumbnail's gap of 2 reduces by 600 // 128 = 450 // 96 = 4.
+    assert factors == [(4, 4)]
+    expected = Image.fromarray(images.decode_image(io.BytesIO(data)))
+    expected.thumbnail((64, 64), images.RESAMPLE)
+    assert got.mode == "RGB" and got.size == expected.size == (64, 48)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_reduced_thumbnail_applies_the_exif_orientation(orientation):
+    rgb = _scene(601, 451)  # partial blocks at the right and bottom edges
+    rgb[:60, :80] = (255, 0, 0)
+    img = Image.fromarray(rgb)
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    got = images.decode_thumbnail(io.BytesIO(_png(img, exif=exif.tobytes())), 64)
+    expected = ImageOps.exif_transpose(img)
+    expected.thumbnail((64, 64), images.RESAMPLE)
+    assert got.size == expected.size
+    diff = np.abs(np.asarray(got).astype(int) - np.asarray(expected).astype(int))
+    assert diff.mean() < 2.0 and np.percentile(diff, 99) <= 8, (diff.mean(), diff.max())
+
+
+def test_thumbnails_hold_the_pixel_budget_and_are_refused_over_it(monkeypatch, tmp_path):
+    budget = _Recording(1000)
+    monkeypatch.setattr(images, "DECODE_BUDGET", budget)
+    png, jpeg = tmp_path / "big.png", tmp_path / "photo.jpg"
+    Image.fromarray(_scene(40, 30)).save(png)  # 1200 pixels
+    with pytest.raises(images.PixelBudgetError, match=r"40x30 = 1200 pixels .* MAX_DECODE_PIXELS=1000"):
+        images.decode_thumbnail(png, 8)
+    Image.fromarray(_scene(256, 128)).save(jpeg, quality=90)  # 1/8 scale: 32 x 16 = 512 pixels
+    assert images.decode_thumbnail(jpeg, 16).size == (16, 8)
+    assert budget.grants == [512] and budget.used == 0
+
+
+def test_thumbnail_size_is_pillows_for_any_shape():
+    """Brute-force reference: Image.thumbnail on blank images of every shape up to 70 px."""
+    for width in range(1, 71):
+        for height in range(1, 71):
+            for max_side in (1, 7, 16, 33):
+                img = Image.new("L", (width, height))
+                img.thumbnail((max_side, max_side))
+                expected = None if img.size == (width, height) else img.size
+                assert images.thumbnail_size((width, height), max_side) == expected, (width, height, max_side)

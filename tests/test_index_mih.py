@@ -6,7 +6,8 @@ import pytest
 from mghash_tf.core.index import HammingIndex, MultiIndexHash, mih, unpack_bits
 from mghash_tf.core.index.linear import linear_topk
 from mghash_tf.core.index.distance import full_terms
-from mghash_tf.core.index.substrings import flip_masks, fold, substring_values
+from mghash_tf.core.index.mih_tables import SubstringTables
+from mghash_tf.core.index.substrings import flip_masks, fold, fold_int, substring_values
 from mghash_tf.core.index.synthetic import clustered_codes, random_codes
 from test_index_reference import ref_distances, ref_knn
 
@@ -109,3 +110,105 @@ def test_substrings_fold_and_flips():
     # The fold is linear, which lets probes reuse folded flip masks.
     np.testing.assert_array_equal(fold(v[:, None] ^ f[None, :], 21, 12),
                                   fold(v, 21, 12)[:, None] ^ fold(f, 21, 12)[None, :])
+
+
+@pytest.fixture
+def probe_count(monkeypatch):
+    """Counts single-query searches that probing answered (not the fallback scan), so a
+    reference test cannot pass on the scan alone."""
+    answered = []
+    real = mih.search_one
+    monkeypatch.setattr(mih, "search_one",
+                        lambda *a: (lambda r: answered.append(r is not None) or r)(real(*a)))
+    return answered
+
+
+@pytest.mark.parametrize("kind", ["random", "clustered", "duplicates"])
+@pytest.mark.parametrize("k", [1, 7, 64, 5999])
+def test_single_queries_equal_the_reference(kind, k, probe_count):
+    """One query at a time (the device path) and small batches, against brute force: the same
+    distances and positions, ties by position, including heavy ties (duplicates) and k larger
+    than what the first radii hold."""
+    words, queries = codes(kind, 6000, 64, seed=k)
+    refD, refP = ref_knn(ref_distances(queries, words, 64), k)
+    index = MultiIndexHash(words, 64)
+    for i in range(len(queries)):
+        D, P = index.search(queries[i : i + 1], k)
+        np.testing.assert_array_equal(D, refD[i : i + 1])
+        np.testing.assert_array_equal(P, refP[i : i + 1])
+    D, P = index.search(queries[:3], k)  # a small batch takes the same path
+    np.testing.assert_array_equal(D, refD[:3])
+    np.testing.assert_array_equal(P, refP[:3])
+    if kind != "random" and k < 64:
+        assert any(probe_count)  # clustered queries are answered by probing
+
+
+@pytest.mark.parametrize("num_bits, tables",
+                         [(32, 2), (64, 3), (64, 5), (128, 6), (48, 2), (136, 5)])
+def test_single_queries_across_code_lengths(monkeypatch, num_bits, tables, probe_count):
+    """Multi-word codes and substrings that straddle word boundaries (128 / 6, 136 / 5)."""
+    monkeypatch.setattr(mih, "WORK_PER_CODE", 1.0)  # small n: probe even where a scan is cheaper
+    words, queries = codes("clustered", 4000, num_bits, seed=tables)
+    refD, refP = ref_knn(ref_distances(queries, words, num_bits), 10)
+    index = MultiIndexHash(words, num_bits, tables)
+    for i in range(len(queries)):
+        D, P = index.search(queries[i : i + 1], 10)
+        np.testing.assert_array_equal(D, refD[i : i + 1])
+        np.testing.assert_array_equal(P, refP[i : i + 1])
+    assert any(probe_count)
+
+
+@pytest.mark.parametrize("work", [1e-9, 1e9])
+def test_single_query_fallback_and_exhaustive_probing(monkeypatch, work, probe_count):
+    monkeypatch.setattr(mih, "WORK_PER_CODE", work)
+    words, queries = codes("random", 300, 16, seed=4)
+    refD, refP = ref_knn(ref_distances(queries, words, 16), 40)
+    index = MultiIndexHash(words, 16, 2)
+    for i in range(len(queries)):
+        D, P = index.search(queries[i : i + 1], 40)
+        np.testing.assert_array_equal(D, refD[i : i + 1])
+        np.testing.assert_array_equal(P, refP[i : i + 1])
+    assert any(probe_count) == (work > 1)
+
+
+def test_single_query_until_every_bucket_is_enumerated(monkeypatch):
+    monkeypatch.setattr(mih, "WORK_PER_CODE", 1e9)
+    rng = np.random.default_rng(7)
+    query = random_codes(1, 8, rng)
+    complement = query ^ np.uint64(0xFF)  # the farthest codes: only a full enumeration reaches them
+    words = np.concatenate([random_codes(40, 8, rng), complement, complement, query])
+    for k in (len(words) - 1, len(words) - 2):
+        D, P = MultiIndexHash(words, 8, 2).search(query, k)
+        refD, refP = ref_knn(ref_distances(query, words, 8), k)
+        np.testing.assert_array_equal(D, refD)
+        np.testing.assert_array_equal(P, refP)
+
+
+def test_fold_int_matches_fold_and_plan_bounds_hold():
+    rng = np.random.default_rng(8)
+    for bits, out_bits in [(21, 20), (32, 8), (16, 16), (40, 17)]:
+        values = rng.integers(0, 1 << bits, size=200, dtype=np.uint64)
+        np.testing.assert_array_equal(fold(values, bits, out_bits),
+                                      [fold_int(int(v), bits, out_bits) for v in values])
+    words = random_codes(5000, 64, rng)
+    tables = SubstringTables(words, 64, [(0, 21), (21, 42), (42, 64)])
+    assert (np.diff(tables.plan.bounds) >= 0).all()
+    # Pigeonhole, checked by brute force: after step i, every code with some substring within
+    # the probed radius has been probed, so a code not probed is at least bounds[i] away.
+    query = random_codes(1, 64, rng)
+    d = ref_distances(query, words, 64)[0]
+    sub = np.stack([ref_distances(query, words, 64, slice(a, b))[0] for a, b in tables.substrings])
+    for i, (s, j) in enumerate(tables.plan.steps[:9]):
+        probed = np.zeros(len(words), dtype=bool)
+        for s2, j2 in tables.plan.steps[: i + 1]:
+            probed |= sub[j2] <= s2
+        assert d[~probed].min() >= tables.plan.bounds[i]
+    # Probes of a step range are distinct per table, so a step meets a code at most once per
+    # table (the multiset bound of the single-query search relies on it).
+    probes = tables.step_probes(0, 5)
+    pairs = probes.table.astype(np.int64) * (1 << 32) + probes.flip
+    assert len(np.unique(pairs)) == len(pairs)
+    # Uniform codes (5000 in 2**13 buckets per table) fill them as the cost model expects.
+    qb = tables.query_buckets_one(query[0])
+    _, lengths = tables.bucket_spans(probes.base + (qb[probes.table] ^ probes.flip))
+    assert 0.5 * probes.uniform < lengths.sum() < 2 * probes.uniform

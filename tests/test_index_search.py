@@ -187,13 +187,22 @@ def test_lookup_table_popcount_gives_same_results(monkeypatch):
         np.testing.assert_array_equal(i0, i1)
 
 
-def test_smallest_rows_randomised_against_argsort():
+@pytest.mark.parametrize("rows, long_row", [(3, topk.LONG_ROW), (1, topk.LONG_ROW), (3, 64)])
+def test_smallest_rows_randomised_against_argsort(monkeypatch, rows, long_row):
+    """Joint rows, a single row, and rows solved one at a time (``LONG_ROW``)."""
+    monkeypatch.setattr(topk, "LONG_ROW", long_row)
     rng = np.random.default_rng(3)
     for _ in range(200):
         n, k, hi = int(rng.integers(0, 9000)), int(rng.integers(1, 300)), int(rng.integers(0, 65))
+        if rng.random() < 0.3:
+            k = int(rng.integers(1, 12))  # tight k: the count-up path settles it
         width = max(topk.GROUPS, -(-n // topk.GROUPS) * topk.GROUPS)
-        dist = np.full((3, width), 255, dtype=np.uint8)
-        dist[:, :n] = rng.integers(0, hi + 1, size=(3, n))
+        dist = np.full((rows, width), 255, dtype=np.uint8)
+        dist[:, :n] = rng.integers(0, hi + 1, size=(rows, n))
+        if rng.random() < 0.3:  # one small value per group, spread out: counting up gives up
+            dist[:, :n] = hi
+            head = min(n, width // topk.GROUPS)
+            dist[:, :head] = np.arange(head) % (hi + 1)
         D, P = topk.smallest_rows(dist, n, k, 64)
         refD, refP = ref_knn(dist[:, :n].astype(np.int64), k)
         np.testing.assert_array_equal(P, refP)

@@ -353,3 +353,184 @@ def test_imports_without_tensorflow():
     codes = ITQ(8).fit(x).encode(x)
     labels = np.arange(50) % 3
     assert float(out.stdout) == mean_average_precision(codes, codes, labels, labels)
+
+
+# ---- float ranking and both tie rules in one pass ---------------------------------------------
+
+def bf_tied_groups(dist, rel, k):
+    """Tie-aware AP (retrieved, recall), P@k, R@k: every placement of each group's relevant items.
+
+    Groups are independent (the items and relevant items ahead of a group do not depend on the
+    order inside earlier groups), so each group's placements are enumerated on their own, and
+    only the group cut by ``k`` (which sets the retrieved count) is averaged jointly.
+    """
+    k, total = min(k, len(dist)), sum(rel)
+    ahead, ahead_rel, full_sum, got, straddle = 0, 0, 0.0, 0, None
+    for value in sorted(set(dist)):
+        members = [j for j in range(len(dist)) if dist[j] == value]
+        n, r = len(members), sum(rel[j] for j in members)
+        placements = []
+        for spots in itertools.combinations(range(n), r):
+            inside = [p for p in spots if ahead + p < k]
+            placements.append((sum((ahead_rel + i + 1) / (ahead + p + 1)
+                                   for i, p in enumerate(inside)), len(inside)))
+        if ahead + n <= k:
+            full_sum += np.mean([s for s, _ in placements])
+            got += r
+        elif ahead < k:
+            straddle = placements
+        ahead, ahead_rel = ahead + n, ahead_rel + r
+    straddle = straddle or [(0.0, 0)]
+    retrieved = np.mean([(full_sum + s) / (got + j) if got + j else 0.0 for s, j in straddle])
+    expected_sum = full_sum + np.mean([s for s, _ in straddle])
+    hits = got + np.mean([j for _, j in straddle])
+    return (retrieved, expected_sum / min(k, total) if total else 0.0, hits / k,
+            hits / total if total else 0.0)
+
+
+def exact_float_case(rng, nq, ndb, metric, multi_hot, ties):
+    """Embeddings whose float32 distances are exact (no round-off), so ties are known.
+
+    Cosine: vectors with exactly 16 entries of +-1 among 24 (norm 4: unit rows hold +-1/4, dot
+    products are sums of +-1/16), or 4 among 8 for many ties (norm 2). L2: small integers.
+    ``ties``: "none" (distinct values where possible), "duplicates" (repeated database rows)
+    or "many" (few distinct distances).
+    """
+    if metric == "cosine":
+        dims, nonzero = (8, 4) if ties == "many" else (24, 16)
+
+        def draw(num):
+            x = np.zeros((num, dims))
+            for row in x:
+                row[rng.choice(dims, nonzero, replace=False)] = rng.choice([-1, 1], nonzero)
+            return x
+        q, db = draw(nq), draw(ndb)
+    else:
+        scale = 3 if ties == "many" else 1000
+        q, db = rng.integers(-scale, scale + 1, (nq, 3)), rng.integers(-scale, scale + 1, (ndb, 3))
+    if ties == "duplicates":
+        db[ndb // 2:ndb // 2 + 4] = db[1]
+        db[-3:] = db[2]
+    if multi_hot:
+        ql = (rng.random((nq, 3)) < 0.4).astype(np.int64)
+        dl = (rng.random((ndb, 3)) < 0.4).astype(np.int64)
+    else:
+        ql, dl = rng.integers(0, 4, nq), rng.integers(0, 3, ndb)
+    return q, db, ql, dl
+
+
+def exact_distances(q, db, metric):
+    if metric == "cosine":
+        unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+        return -(unit(q) @ unit(db).T)
+    return ((q[:, None].astype(np.float64) - db[None]) ** 2).sum(-1)
+
+
+@pytest.mark.parametrize("metric,ties", [("cosine", "duplicates"), ("cosine", "many"),
+                                         ("l2", "none"), ("l2", "duplicates"), ("l2", "many")])
+@pytest.mark.parametrize("multi_hot", [False, True])
+@pytest.mark.parametrize("normalize", ["retrieved", "recall"])
+def test_float_both_rules_match_brute_force(metric, ties, multi_hot, normalize):
+    rng = np.random.default_rng(11)
+    q, db, ql, dl = exact_float_case(rng, 7, 26, metric, multi_hot, ties)
+    dist, rel = exact_distances(q, db, metric), bf_relevant(ql, dl)
+    # Ties present as asked, in groups small enough to enumerate.
+    largest = max(np.unique(row, return_counts=True)[1].max() for row in dist)
+    assert (largest == 1) == (ties == "none") and largest <= 12
+    has = np.array([any(r) for r in rel])
+    ks = (None, 1, 5, 13)
+    report = retrieval_report(q, db, ql, dl, map_ks=ks, ks=(1, 5, 13), radius=None,
+                              normalize=normalize, metric=metric, tie_aware="both",
+                              per_query=True, chunk_size=3)
+    column = 0 if normalize == "retrieved" else 1
+    for k in ks:
+        stable = np.array([bf_stable(list(dist[i]), rel[i], k or 26) for i in range(7)])
+        tied = np.array([bf_tied_groups(list(dist[i]), rel[i], k or 26) for i in range(7)])
+        for ref, suffix in ((stable, ""), (tied, "_tie_aware")):
+            ap = report["per_query_ap"][metrics._key("map", k) + suffix]
+            np.testing.assert_allclose(ap[has], ref[has, column], rtol=1e-12)
+            assert np.isnan(ap[~has]).all()
+            if k is not None:
+                assert report[f"precision@{k}{suffix}"] == pytest.approx(ref[has, 2].mean(), rel=1e-12)
+                assert report[f"recall@{k}{suffix}"] == pytest.approx(ref[has, 3].mean(), rel=1e-12)
+
+
+def test_tied_groups_reference_matches_all_orderings():
+    # The group-wise reference above against the plain enumeration of item orders.
+    dist = [0, 1, 1, 1, 2, 2, 3, 3, 3, 3]
+    rel = [False, True, False, True, True, False, True, True, False, False]
+    for k in (1, 2, 3, 5, 7, 10):
+        np.testing.assert_allclose(bf_tied_groups(dist, rel, k), bf_tied_exact(dist, rel, k))
+
+
+@pytest.mark.parametrize("metric", ["hamming", "cosine", "l2"])
+@pytest.mark.parametrize("duplicates", [False, True])
+@pytest.mark.parametrize("multi_hot", [False, True])
+def test_both_equals_separate_calls(metric, duplicates, multi_hot):
+    rng = np.random.default_rng(12)
+    q, db = rng.standard_normal((37, 12)), rng.standard_normal((300, 12))
+    if duplicates:
+        db[50:60] = db[3]
+        q[:5] = db[3]
+    if multi_hot:
+        ql = (rng.random((37, 4)) < 0.3).astype(np.int64)
+        dl = (rng.random((300, 4)) < 0.3).astype(np.int64)
+    else:
+        ql, dl = rng.integers(0, 6, 37), rng.integers(0, 5, 300)
+    options = dict(map_ks=(None, 10, 299), ks=(1, 50), metric=metric, per_query=True,
+                   radius=2 if metric == "hamming" else None, chunk_size=8)
+    both = retrieval_report(q, db, ql, dl, tie_aware="both", **options)
+    assert both["tie_aware"] == "both"
+    for tie_aware, suffix in ((False, ""), (True, "_tie_aware")):
+        single = retrieval_report(q, db, ql, dl, tie_aware=tie_aware, **options)
+        for key in ("map", "map@10", "map@299", "precision@1", "recall@1", "precision@50",
+                    "recall@50"):
+            assert both[key + suffix] == single[key]
+            np.testing.assert_array_equal(both["per_query_ap"].get(key + suffix),
+                                          single["per_query_ap"].get(key))
+    if metric == "hamming":
+        assert both["precision@r2"] == single["precision@r2"]
+
+
+def test_sorted_keys_give_stable_order_of_floats():
+    from mghash_tf.core import ranking
+
+    rng = np.random.default_rng(13)
+    special = np.array([0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45, np.finfo(np.float32).max,
+                        -np.finfo(np.float32).max, 1.0, -1.0], np.float32)
+    dist = rng.choice(np.concatenate([special, rng.standard_normal(6).astype(np.float32)]),
+                      size=(20, 200))
+    keys = ranking._sorted_keys(dist.copy(), np.empty(dist.shape, np.int64))
+    distance, index = ranking._halves(keys)
+    np.testing.assert_array_equal(index, np.argsort(dist, axis=1, kind="stable"))
+    ranked = np.sort(dist, axis=1)
+    np.testing.assert_array_equal(distance[:, 1:] == distance[:, :-1], ranked[:, 1:] == ranked[:, :-1])
+    np.testing.assert_array_equal(keys & 0xFFFFFFFF, index)  # the index is the low half
+
+
+def test_float_all_tied_and_single_item():
+    # Every distance equal (zero query): stable = database order, tie-aware = all orderings.
+    q, db = np.zeros((1, 4)), np.ones((6, 4))
+    ql, dl = np.array([1]), np.array([0, 1, 0, 1, 1, 0])
+    report = retrieval_report(q, db, ql, dl, ks=(2,), radius=None, metric="cosine",
+                              tie_aware="both")
+    exact = bf_tied_exact([0] * 6, list(dl == 1), 6)
+    assert report["map"] == pytest.approx(8 / 15)  # ranks 2, 4, 5: (1/2 + 2/4 + 3/5) / 3
+    assert report["map_tie_aware"] == pytest.approx(exact[0])
+    assert report["precision@2_tie_aware"] == pytest.approx(bf_tied_exact([0] * 6, list(dl == 1), 2)[2])
+    one = retrieval_report(q + 1, db[:1], ql, dl[1:2], ks=(1,), radius=None, metric="l2",
+                           tie_aware="both")
+    assert one["map"] == one["map_tie_aware"] == 1.0
+
+
+def test_tie_rule_options():
+    with pytest.raises(ValueError, match="`tie_aware` must be True, False or 'both'"):
+        retrieval_report(Q, DB, QL, DL, tie_aware="random")
+    with pytest.raises(ValueError, match="returns one number"):
+        mean_average_precision(Q, DB, QL, DL, tie_aware="both")
+    with pytest.raises(ValueError, match="float32 range"):
+        mean_average_precision(Q * 1e19, DB * 1.0, QL, DL, metric="l2")
+    report = retrieval_report(Q, DB, QL, DL, tie_aware="both", ks=(2,))
+    # The docstring example: 29/36 stable, 31/36 tie-aware; P@2 1/2 and 3/4.
+    assert (report["map"], report["map_tie_aware"]) == (pytest.approx(29 / 36), pytest.approx(31 / 36))
+    assert (report["precision@2"], report["precision@2_tie_aware"]) == (0.5, 0.75)

@@ -37,6 +37,30 @@ def test_markdown_lists_every_record_and_run():
     assert table[0].startswith("| toy | fine | plain16 | 16 | mghash |")
 
 
+def test_a_variant_run_replaces_only_its_own_records():
+    rows = [{"dataset": "cifar10", "suite": "fast", "layout": "plain64"},
+            {"dataset": "cifar10", "suite": "fast", "layout": "plain64", "variant": "30min"},
+            {"dataset": "cifar10", "suite": "fast", "layout": "mg64"}]
+    main = quality.parse_args(["--suite", "fast", "--dataset", "cifar10", "--layouts", "plain64"])
+    assert quality._replaced(rows, main) == rows[1:]
+    variant = quality.parse_args(["--suite", "fast", "--dataset", "cifar10", "--layouts", "plain64", "--variant", "30min"])
+    assert quality._replaced(rows, variant) == [rows[0], rows[2]]
+    text = quality.markdown([dict(_records()[0], suite="fast", variant="30min")], [])
+    assert "| toy | fine | plain16 [30min] | 16 | mghash |" in text
+
+
+def test_fast_set_overrides_reach_the_config():
+    import quality_fast
+
+    assert quality_fast.parse_set(["val_every=5", "tta=false", "augmentation=alternating_flip_translate"]) == \
+        {"val_every": 5, "tta": False, "augmentation": "alternating_flip_translate"}
+    args = quality.parse_args(["--suite", "fast", "--fast-epochs", "3", "--fast-set", "bias_lr_scale=64"])
+    config = quality_fast.config_for(args, "npz:x", "plain16")
+    assert config.bias_lr_scale == 64.0 and config.frozen_epochs == 3 and config.recipe == "fast"
+    with pytest.raises(SystemExit, match="FIELD=VALUE"):
+        quality_fast.parse_set(["val_every"])
+
+
 def test_plot_writes_a_png(tmp_path):
     path = quality.plot(_records(), tmp_path / "q.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -11,9 +11,9 @@ from mghash_tf.model import build_model, encode
 from mghash_tf.model.losses import hash_centers, orthogonal_center_loss
 from mghash_tf.model.saving import load_model
 from mghash_tf.training import precision
-from mghash_tf.training.callbacks import Lookahead
+from mghash_tf.training.callbacks import Lookahead, QuantizationRamp
 from mghash_tf.training.config import RECIPES, TrainConfig
-from mghash_tf.training.optimizers import WarmupLinear, make_optimizer
+from mghash_tf.training.optimizers import ScaledSGD, WarmupLinear, batchnorm_offsets, make_optimizer
 
 from test_train import CHANCE_FINE, tiny_config, toy_set
 
@@ -40,6 +40,35 @@ def test_sgd_optimiser_from_the_config():
     assert opt.nesterov and opt.momentum == pytest.approx(0.85)
     assert float(opt.learning_rate) == pytest.approx(0.0)  # warm-up starts at 0
     assert isinstance(make_optimizer(tiny_config(), learning_rate=1e-3, steps=10), keras.optimizers.AdamW)
+
+
+def test_scaled_sgd_scales_the_rate_of_named_variables_but_not_their_weight_decay():
+    # One step, no momentum, rate 0.1, gradient 1 on both, weight decay 0.5, start at 2:
+    # decay first, w <- w - lr * wd * w = 2 - 0.1 * 0.5 * 2 = 1.9, then w <- w - lr * scale * g:
+    # plain 1.9 - 0.1 = 1.8; scaled by 4: 1.9 - 0.4 = 1.5.
+    a = keras.Variable(2.0, name="a")
+    b = keras.Variable(2.0, name="b")
+    opt = ScaledSGD(learning_rate=0.1, weight_decay=0.5, scales={b.path: 4.0})
+    opt.apply_gradients([(keras.ops.ones(()), a), (keras.ops.ones(()), b)])
+    assert float(a.numpy()) == pytest.approx(1.8)
+    assert float(b.numpy()) == pytest.approx(1.5)
+    again = ScaledSGD.from_config(opt.get_config())
+    assert again.scales == {b.path: 4.0}
+    with pytest.raises(ValueError, match="scales"):
+        ScaledSGD(scales={"x": 0.0})
+
+
+def test_bias_lr_scale_reaches_every_batchnorm_offset_of_the_model():
+    model = build_model(backbone="fast_cnn", layout=16, image_size=16)
+    offsets = batchnorm_offsets(model)
+    assert len(offsets) == 6 and all(v.path.endswith("beta") for v in offsets)  # 3 blocks x 2
+    config = TrainConfig.preset("fast", data="toy", bias_lr_scale=64.0)
+    opt = make_optimizer(config, learning_rate=0.1, steps=10, model=model)
+    assert isinstance(opt, ScaledSGD) and opt.scales == {v.path: 64.0 for v in offsets}
+    plain = make_optimizer(config.replace(bias_lr_scale=1.0), learning_rate=0.1, steps=10, model=model)
+    assert not isinstance(plain, ScaledSGD)
+    with pytest.raises(ValueError, match="bias_lr_scale"):
+        TrainConfig(bias_lr_scale=64.0)  # adamw
 
 
 class _One(keras.Model):
@@ -87,6 +116,90 @@ def test_lookahead_leaves_the_averaged_weights_in_the_trained_model(tmp_path):
 def test_lookahead_refuses_bad_arguments():
     with pytest.raises(ValueError, match="steps_per_epoch"):
         Lookahead(0, 3)
+
+
+def test_quantization_ramp_hand_values_and_resume():
+    # start 0.1, final 1.0, 2 epochs x 5 steps: weight(step) = 0.1 + 0.9 * (step / 10) ** 3.
+    variable = keras.Variable(0.1)
+    ramp = QuantizationRamp(variable, 0.1, 1.0, 5, 2)
+    ramp.on_epoch_begin(0)
+    for _ in range(5):
+        ramp.on_train_batch_begin(0)
+    assert float(variable.numpy()) == pytest.approx(0.1 + 0.9 * 0.4 ** 3)  # the 5th batch reads step 4
+    ramp.on_epoch_begin(1)  # a resumed stage starts at its epoch's first step
+    ramp.on_train_batch_begin(0)
+    assert float(variable.numpy()) == pytest.approx(0.1 + 0.9 * 0.5 ** 3)
+    assert ramp.weight(10) == pytest.approx(1.0) and ramp.weight(25) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="weights >= 0"):
+        QuantizationRamp(variable, -0.1, 1.0, 5, 2)
+    with pytest.raises(ValueError, match="quantization_weight_final"):
+        TrainConfig(quantization_weight_final=-1.0)
+
+
+def test_the_loss_reads_the_quantization_weight_in_force():
+    from mghash_tf.model.hashing_loss import HashingLoss
+
+    loss = HashingLoss(16, {"fine": 2, "coarse": 2}, loss="csq", quantization_weight=0.0, balance_weight=0.0)
+    labels = np.zeros((4, 2), np.int32)
+    codes = np.full((4, 16), 0.5, np.float32)  # quantisation term: (|0.5| - 1)^2 = 0.25
+    before = float(loss(labels, codes))
+    loss.quantization_weight_now.assign(2.0)
+    assert float(loss(labels, codes)) == pytest.approx(before + 2.0 * 0.25, rel=1e-5)
+    assert loss.get_config()["quantization_weight"] == 0.0  # the configured start
+
+
+def test_quantization_ramp_reaches_its_final_weight_in_training(tmp_path, monkeypatch):
+    from mghash_tf.training import stages
+    from mghash_tf.training.train import train
+
+    seen = []
+    real = stages.quantization_ramp
+
+    def spy(loss, config, steps, stage):
+        ramps = real(loss, config, steps, stage)
+        seen.append((loss, ramps))
+        return ramps
+
+    monkeypatch.setattr(stages, "quantization_ramp", spy)
+    train(tiny_config(frozen_epochs=2, quantization_weight_final=1.5), tmp_path, image_set=toy_set(), verbose=0)
+    (loss, ramps), = seen
+    assert len(ramps) == 1 and isinstance(ramps[0], QuantizationRamp)
+    steps = ramps[0].total_steps  # the last batch reads step total - 1
+    assert float(loss.quantization_weight_now.numpy()) == pytest.approx(ramps[0].weight(steps - 1))
+    assert ramps[0].weight(steps - 1) > 0.1 + 0.5 * 1.4
+
+
+def test_validation_every_n_epochs_counts_back_from_the_last(tmp_path):
+    from mghash_tf.core.layout import get_layout
+    from mghash_tf.training.callbacks import RetrievalValidation
+    from mghash_tf.training.checkpoints import BestWeights, best_logged
+
+    v = RetrievalValidation(None, [], None, [], get_layout("mg32"), every=3, final_epoch=9)
+    assert [e for e in range(10) if v.due(e)] == [0, 3, 6, 9]
+    logs = {}
+    v.on_epoch_end(4, logs)  # skipped: NaN columns, no prediction made
+    assert set(logs) == {"val_map_fine", "val_map_coarse", "val_map_seg_coarse", "val_map_seg_fine"}
+    assert all(np.isnan(x) for x in logs.values())
+    with pytest.raises(ValueError, match="every"):
+        RetrievalValidation(None, [], None, [], get_layout("mg32"), every=0)
+    best = BestWeights(None, _One())
+    best.on_epoch_end(0, {"val_map_fine": 0.5})
+    best.on_epoch_end(1, {"val_map_fine": float("nan")})
+    assert best.best == 0.5 and best.best_epoch == 1
+    (tmp_path / "log.csv").write_text("epoch,val_map_fine\n0,0.4\n1,nan\n2,NA\n3,0.45\n")
+    (tmp_path / "best.weights.h5").write_bytes(b"")
+    assert best_logged(tmp_path) == 0.45
+
+
+def test_training_with_val_every_keeps_the_best_validated_epoch(tmp_path):
+    import csv
+
+    from mghash_tf.training.train import train
+
+    train(tiny_config(frozen_epochs=3, val_every=2), tmp_path, image_set=toy_set(), verbose=0)
+    with open(tmp_path / "log.csv", newline="") as f:
+        values = [float(r["val_map_fine"]) for r in csv.DictReader(f)]
+    assert len(values) == 3 and np.isnan(values[1]) and not np.isnan(values[0]) and not np.isnan(values[2])
 
 
 def test_orthogonal_center_loss_hand_values():

@@ -12,6 +12,7 @@ freed pixels go back to the system.
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -32,6 +33,8 @@ DECODE_BUDGET = Budget(MAX_DECODE_PIXELS)
 # Box-reduce to at least this many times the target size before the bicubic resize: Pillow's
 # ``reducing_gap`` rule; at 3 the result stays within a few grey levels of a full-size resize.
 REDUCING_GAP = 3
+# Thumbnails reduce by Image.thumbnail's own gap, so a reduced decode gives its very thumbnail.
+THUMBNAIL_REDUCING_GAP = 2
 # Pixels converted to RGB per step of a reduced decode (float64 for 16-bit images: 8 MB).
 STRIP_PIXELS = 1 << 20
 # Pillow allocates pixels in blocks of PILLOW_BLOCK_SIZE (16 MB by default). glibc serves
@@ -47,6 +50,8 @@ _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_18
                 4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
                 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
                 8: Image.Transpose.ROTATE_90}
+_SWAPS_SIDES = {Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE, Image.Transpose.ROTATE_90,
+                Image.Transpose.ROTATE_270}
 
 
 class PixelBudgetError(ValueError):
@@ -70,25 +75,78 @@ def decode_image(source, image_size: int | None = None) -> np.ndarray:
     """File path or file object -> uint8 (H, W, 3) RGB, EXIF-rotated, squashed to
     ``image_size`` x ``image_size`` when given. Raises on anything unreadable, and
     :class:`PixelBudgetError` for an image over the pixel budget."""
+    square = (lambda oriented: (image_size, image_size)) if image_size else None
+    rgb, resized = _decode_rgb(source, image_size, square, REDUCING_GAP)
+    # Not reduced: the order of the full-size rule, so small images and JPEGs decode as before.
+    if image_size and not resized and rgb.size != (image_size, image_size):
+        rgb = rgb.resize((image_size, image_size), RESAMPLE)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def decode_thumbnail(source, max_side: int) -> Image.Image:
+    """File path or file object -> RGB ``PIL.Image`` no larger than ``max_side`` on either side,
+    aspect kept, by the rules of :func:`decode_image` (pixel budget included). A JPEG is decoded
+    at the smallest DCT scale that still covers ``max_side`` (a 12 MP photo at 1/8: ~15x faster
+    than in full); any other large image is box-reduced strip by strip while it is converted, by
+    the factor ``Image.thumbnail`` would reduce a full decode with, so the result is the same."""
+    if isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1:
+        raise ValueError(f"`max_side` must be a positive int. Received: max_side={max_side!r}")
+    rgb, resized = _decode_rgb(source, max_side, lambda oriented: thumbnail_size(oriented, max_side),
+                               THUMBNAIL_REDUCING_GAP)
+    if not resized:
+        rgb.thumbnail((max_side, max_side), RESAMPLE)
+    return rgb
+
+
+def thumbnail_size(size: tuple, max_side: int) -> tuple | None:
+    """The (width, height) ``Image.thumbnail`` gives ``size`` in a ``max_side`` square: the long
+    side ``max_side``, the short side the whole number (floor or ceil) whose aspect ratio is
+    closest to the original's, at least 1; None when ``size`` already fits."""
+    width, height = size
+    if width <= max_side and height <= max_side:
+        return None
+    aspect = width / height
+    if width <= height:
+        exact = max_side * aspect
+        short = min(math.floor(exact), math.ceil(exact), key=lambda n: abs(aspect - n / max_side))
+        return max(short, 1), max_side
+    exact = max_side / aspect
+    # A zero-pixel side has no aspect ratio; Pillow picks it (and then 1) when it is a candidate.
+    short = min(math.floor(exact), math.ceil(exact), key=lambda n: abs(aspect - max_side / n) if n else 0)
+    return max_side, max(short, 1)
+
+
+def _decode_rgb(source, draft_side, fit, gap: int) -> tuple:
+    """The decoding rules shared by every decode -> (RGB image, EXIF-oriented; resized).
+
+    Refuses bombs and images over the pixel budget and holds the budget while decoding; a JPEG
+    decodes at the reduced DCT scale covering a ``draft_side`` square (None: full size).
+    ``fit(oriented size)`` gives the caller's target size (None: keep the size); an image that
+    is not a JPEG and is over ``gap`` x the target is box-reduced strip by strip while it is
+    converted, then resized to the target (resized=True). Otherwise the image comes back at its
+    decoded size for the caller's own resize (resized=False), exactly as a full decode would."""
     with Image.open(source) as img:
-        drafted = _check_and_draft(img, image_size)
-        factor = reduce_factor(img.size, image_size) if image_size and not drafted else (1, 1)
+        drafted = _check_and_draft(img, draft_side)
         size, pixels = img.size, img.width * img.height
         with DECODE_BUDGET.hold(pixels):
             img.load()
             transpose = _ORIENTATION.get(img.getexif().get(ExifTags.Base.Orientation, 1))
+            target = None if fit is None or drafted else fit(_oriented(size, transpose))
+            # The target is for the oriented image; the reduction happens before the rotation.
+            target = None if target is None else _oriented(target, transpose)
+            factor = reduce_factor(size, target, gap) if target else (1, 1)
             rgb = reduced_rgb(img, factor)
             img.close()  # free the full-size pixels before the budget says they are free
-    if factor == (1, 1):  # the order of the full-size rule, so small images decode as before
-        rgb = rgb.transpose(transpose) if transpose is not None else rgb
-        if image_size and rgb.size != (image_size, image_size):
-            rgb = rgb.resize((image_size, image_size), RESAMPLE)
-    else:
+    resized = factor != (1, 1)
+    if resized:
         # The box is the source's extent in reduced pixels: the last block may be partial.
-        rgb = rgb.resize((image_size, image_size), RESAMPLE,
-                         box=(0, 0, size[0] / factor[0], size[1] / factor[1]))
-        rgb = rgb.transpose(transpose) if transpose is not None else rgb
-    return np.asarray(rgb, dtype=np.uint8)
+        rgb = rgb.resize(target, RESAMPLE, box=(0, 0, size[0] / factor[0], size[1] / factor[1]))
+    return (rgb.transpose(transpose) if transpose is not None else rgb), resized
+
+
+def _oriented(size: tuple, transpose) -> tuple:
+    """``size`` after ``transpose`` (a quarter turn or a diagonal flip swaps the sides)."""
+    return size[::-1] if transpose in _SWAPS_SIDES else size
 
 
 def _check_and_draft(img: Image.Image, image_size) -> bool:
@@ -108,9 +166,11 @@ def _check_and_draft(img: Image.Image, image_size) -> bool:
     return drafted
 
 
-def reduce_factor(size: tuple, image_size: int) -> tuple:
-    """Integer box-reduction factors (x, y) that keep each side >= REDUCING_GAP x ``image_size``."""
-    return tuple(max(1, side // (image_size * REDUCING_GAP)) for side in size)
+def reduce_factor(size: tuple, target, gap: int = REDUCING_GAP) -> tuple:
+    """Integer box-reduction factors (x, y) that keep each side >= ``gap`` x the target's side
+    (``target``: (width, height), or an int for a square)."""
+    target = (target, target) if isinstance(target, int) else target
+    return tuple(max(1, side // (goal * gap)) for side, goal in zip(size, target))
 
 
 def reduced_rgb(img: Image.Image, factor: tuple = (1, 1)) -> Image.Image:

@@ -12,7 +12,8 @@ Conventions (state them next to any number you report):
   The query set is not removed from the database: pass disjoint sets.
 - **Ties** (items at equal distance): ``tie_aware=False`` ranks them by database order (stable
   sort); ``tie_aware=True`` gives the exact expectation over random orders of each tie group
-  (closed form, see :mod:`mghash_tf.core.ranking`), including the group cut by ``k``.
+  (closed form, see :mod:`mghash_tf.core.rank_stats`), including the group cut by ``k``.
+  :func:`retrieval_report` also takes ``tie_aware="both"``: both rules from one ranking.
 - **k**: ``None`` = the whole database; a ``k`` above the database size is clipped to it.
 - **AP normalisation**: ``"retrieved"`` divides the sum of precisions at relevant ranks within
   the top k by the number of relevant items in the top k (the usual hashing mAP@k; a query
@@ -30,7 +31,7 @@ import time
 
 import numpy as np
 
-from mghash_tf.core import ranking
+from mghash_tf.core import rank_stats, ranking
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def average_precision(query_codes, db_codes, query_labels, db_labels, *, k=None,
                       chunk_size=None) -> np.ndarray:
     """Per-query average precision; NaN for queries with no relevant database item."""
     report = retrieval_report(query_codes, db_codes, query_labels, db_labels, ks=(),
-                              map_ks=(k,), normalize=normalize, tie_aware=tie_aware,
+                              map_ks=(k,), normalize=normalize, tie_aware=_one_rule(tie_aware),
                               metric=metric, chunk_size=chunk_size, per_query=True)
     return report["per_query_ap"][_key("map", k)]
 
@@ -83,7 +84,7 @@ def precision_at_k(query_codes, db_codes, query_labels, db_labels, *, k, tie_awa
     """Mean fraction of the top ``k`` that is relevant. Above example, k=2: 1/2 (stable),
     (1 + 1/2) / 2 = 0.75 (tie-aware)."""
     report = retrieval_report(query_codes, db_codes, query_labels, db_labels, ks=(k,),
-                              map_ks=(), tie_aware=tie_aware, metric=metric,
+                              map_ks=(), tie_aware=_one_rule(tie_aware), metric=metric,
                               no_relevant=no_relevant, chunk_size=chunk_size)
     return report[_key("precision", k)]
 
@@ -93,7 +94,7 @@ def recall_at_k(query_codes, db_codes, query_labels, db_labels, *, k, tie_aware=
     """Mean fraction of a query's relevant items found in the top ``k``. Above example, k=2:
     1/3 (stable), 1.5/3 = 0.5 (tie-aware)."""
     report = retrieval_report(query_codes, db_codes, query_labels, db_labels, ks=(k,),
-                              map_ks=(), tie_aware=tie_aware, metric=metric,
+                              map_ks=(), tie_aware=_one_rule(tie_aware), metric=metric,
                               no_relevant=no_relevant, chunk_size=chunk_size)
     return report[_key("recall", k)]
 
@@ -134,12 +135,18 @@ def retrieval_report(query_codes, db_codes, query_labels, db_labels, *, map_ks=(
     of ``ks``, ``precision@r<radius>`` and ``pr_curve`` (Hamming only; ``radius=None`` skips
     the former, ``curve=True`` adds the latter), ``num_queries``, ``num_no_relevant``, and the
     options used. ``per_query=True`` adds ``per_query_ap`` (NaN where excluded).
+
+    ``tie_aware="both"`` ranks once and reports both tie rules: the keys above hold the stable
+    values and each mAP, precision and recall key gets a ``_tie_aware`` twin (``map_tie_aware``,
+    ``precision@100_tie_aware``, also in ``per_query_ap``); the numbers equal those of two calls
+    with ``False`` and ``True``.
     """
     if normalize not in _NORMALIZE:
         raise ValueError(f"`normalize` must be one of {_NORMALIZE}. Received: normalize={normalize!r}")
     if no_relevant not in _NO_RELEVANT:
         raise ValueError(
             f"`no_relevant` must be one of {_NO_RELEVANT}. Received: no_relevant={no_relevant!r}")
+    suffixes = _tie_suffixes(tie_aware)
     data = ranking.prepare(query_codes, db_codes, query_labels, db_labels, metric=metric)
     # Keys keep the k asked for; the computation clips it to the database size.
     map_ks = {k: _check_k(k, data.num_db, allow_none=True) for k in map_ks}
@@ -150,33 +157,58 @@ def retrieval_report(query_codes, db_codes, query_labels, db_labels, *, map_ks=(
     logger.debug("ranking %d queries x %d database items, metric=%s, tie_aware=%s",
                  data.query.shape[0], data.num_db, metric, tie_aware)
     acc = _Accumulator()
-    harmonic, log_fact = ranking.tables(data.num_db)
-    for groups, rel, num_groups in ranking.ranked_chunks(data, chunk_size=chunk_size):
-        total = np.count_nonzero(rel, axis=1)
-        acc.add("total", total)
-        need_counts = tie_aware or radial
-        n, r = ranking.group_counts(groups, rel, num_groups) if need_counts else (None, None)
-        ranked = (ranking.stable_order(groups, rel) if not tie_aware and (map_ks or ks)
-                  else None)
-        for k, kk in map_ks.items():
-            kk = data.num_db if kk is None else kk
-            ap = (ranking.ap_tied(n, r, kk, normalize, harmonic, log_fact) if tie_aware
-                  else ranking.ap_stable(ranked, total, kk, normalize))
-            acc.add(_key("map", k), ap)
-        for k, kk in ks.items():
-            acc.add(_key("hits", k), ranking.hits_tied(n, r, kk) if tie_aware
-                    else ranking.hits_stable(ranked, kk))
+    cut = {**{_key("map", k): ("map", data.num_db if kk is None else kk) for k, kk in map_ks.items()},
+           **{_key("hits", k): ("hits", kk) for k, kk in ks.items()}}
+    tables = rank_stats.tables(data.num_db)
+    for chunk in ranking.ranked_chunks(data, chunk_size=chunk_size):
+        acc.add("total", chunk.total)
+        for name, values in _chunk_stats(chunk, cut, normalize, suffixes, tables).items():
+            acc.add(name, values)
         if radial:
-            retrieved, relevant = ranking.within_radius(n, r)
+            retrieved, relevant = rank_stats.within_radius(*chunk.counts)
             acc.add("radius_retrieved", retrieved)
             acc.add("radius_relevant", relevant)
     return _summarise(acc.arrays(), map_ks, ks, radius if radial else None, curve,
-                      no_relevant, per_query,
-                      options={"normalize": normalize, "tie_aware": bool(tie_aware),
+                      no_relevant, per_query, suffixes,
+                      options={"normalize": normalize,
+                               "tie_aware": "both" if len(suffixes) == 2 else bool(tie_aware),
                                "metric": metric, "no_relevant": no_relevant})
 
 
-def _summarise(arrays, map_ks, ks, radius, curve, no_relevant, per_query, options) -> dict:
+def _one_rule(tie_aware):
+    if isinstance(tie_aware, str):
+        raise ValueError("This function returns one number, so `tie_aware` must be True or False "
+                         "(retrieval_report takes 'both'). Received: tie_aware=" + repr(tie_aware))
+    return tie_aware
+
+
+def _tie_suffixes(tie_aware) -> dict:
+    """``{tie rule: key suffix}`` for the rules asked for."""
+    if isinstance(tie_aware, str) and tie_aware == "both":
+        return {"stable": "", "tie_aware": "_tie_aware"}
+    if isinstance(tie_aware, (bool, np.bool_)):
+        return {"tie_aware" if tie_aware else "stable": ""}
+    raise ValueError(f"`tie_aware` must be True, False or 'both'. Received: tie_aware={tie_aware!r}")
+
+
+def _chunk_stats(chunk, cut: dict, normalize: str, suffixes: dict, tables) -> dict:
+    """Per-query AP and hits of one chunk under each rule; ``cut``: ``{name: (kind, k)}``."""
+    out = {}
+    for name, (kind, k) in cut.items():
+        if "stable" in suffixes:
+            out[name + suffixes["stable"]] = (
+                rank_stats.ap_stable(chunk.ranked_rel, chunk.total, k, normalize) if kind == "map"
+                else rank_stats.hits_stable(chunk.ranked_rel, k))
+        if "tie_aware" in suffixes:
+            groups, rows = chunk.tie_groups, len(chunk.total)
+            out[name + suffixes["tie_aware"]] = (
+                rank_stats.ap_tied(groups, rows, chunk.total, k, normalize, *tables) if kind == "map"
+                else rank_stats.hits_tied(groups, rows, k))
+    return out
+
+
+def _summarise(arrays, map_ks, ks, radius, curve, no_relevant, per_query, suffixes,
+               options) -> dict:
     total = arrays["total"]
     empty = total == 0
     if no_relevant == "exclude" and empty.all():
@@ -185,18 +217,19 @@ def _summarise(arrays, map_ks, ks, radius, curve, no_relevant, per_query, option
     keep = ~empty if no_relevant == "exclude" else np.ones_like(empty)
     out = {"num_queries": int(len(total)), "num_no_relevant": int(empty.sum()), **options}
     per_query_ap = {}
-    for k in map_ks:
-        ap = np.where(empty, np.nan, arrays[_key("map", k)])
-        per_query_ap[_key("map", k)] = ap
-        out[_key("map", k)] = float(np.nan_to_num(ap[keep]).mean())
-    for k, kk in ks.items():
-        hits = arrays[_key("hits", k)][keep]
-        out[_key("precision", k)] = float((hits / kk).mean())
-        out[_key("recall", k)] = float(ranking.safe_divide(hits, total[keep]).mean())
+    for suffix in suffixes.values():
+        for k in map_ks:
+            ap = np.where(empty, np.nan, arrays[_key("map", k) + suffix])
+            per_query_ap[_key("map", k) + suffix] = ap
+            out[_key("map", k) + suffix] = float(np.nan_to_num(ap[keep]).mean())
+        for k, kk in ks.items():
+            hits = arrays[_key("hits", k) + suffix][keep]
+            out[_key("precision", k) + suffix] = float((hits / kk).mean())
+            out[_key("recall", k) + suffix] = float(rank_stats.safe_divide(hits, total[keep]).mean())
     if radius is not None:
         retrieved = arrays["radius_retrieved"][keep]
-        precision = ranking.safe_divide(arrays["radius_relevant"][keep], retrieved).mean(axis=0)
-        recall = ranking.safe_divide(arrays["radius_relevant"][keep], total[keep, None]).mean(axis=0)
+        precision = rank_stats.safe_divide(arrays["radius_relevant"][keep], retrieved).mean(axis=0)
+        recall = rank_stats.safe_divide(arrays["radius_relevant"][keep], total[keep, None]).mean(axis=0)
         out[f"precision@r{radius}"] = float(precision[min(radius, len(precision) - 1)])
         if curve:
             out["pr_curve"] = {"radius": np.arange(len(precision)), "precision": precision,

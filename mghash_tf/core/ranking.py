@@ -1,39 +1,41 @@
-"""Ranking engine behind :mod:`mghash_tf.core.metrics`: codes and labels -> chunks of tie groups
-and relevance -> per-query statistics. NumPy only.
+"""Ranking engine behind :mod:`mghash_tf.core.metrics`: codes and labels -> ranked chunks.
+NumPy only.
 
 :func:`prepare` validates the inputs once; :func:`ranked_chunks` walks the queries in chunks
-(bounded memory) and turns each chunk's distances into small unsigned tie-group ids. The
-statistics functions then take one chunk of queries against the whole database as
+(bounded memory) and yields one :class:`HammingChunk` or :class:`FloatChunk` per chunk, which
+offer, computed on first use,
 
-- ``groups``: (q, n) unsigned ints, the tie group of each database item (equal value = equal
-  distance, smaller value = closer), and ``rel``: (q, n) bool relevance; or
-- ``n, r``: (q, G) counts of items and of relevant items per tie group, closest group first.
+- ``ranked_rel``: (q, n) relevance in ranked order, ties by database order (the stable rule);
+- ``tie_groups``: the tie groups that hold a relevant item, flattened over the chunk's queries
+  (:class:`TieGroups`), for the tie-aware rule.
 
-Two tie rules:
+Hamming distances are small integers: their tie groups come from per-distance counts and the
+stable order from a radix sort. Float distances are sorted once, as 64-bit keys (distance bits,
+database index), which yields the stable order directly and shows the ties as equal neighbours
+(float32 distances tie more often than one might think: ~17 exact ties per row of 50,000 64-d
+cosine distances in benchmarks/metrics_speed.py, so nearly every row has some); the tie groups
+then come from the few relevant items and tie links alone.
 
-- **stable**: tied items keep database order (``argsort(kind="stable")``).
-- **tie-aware**: the exact expectation over uniformly random orders within each tie group
-  (the quantity McSherry & Najork 2008 compute). Derivation used below: in a group of ``n``
-  items with ``r`` relevant, preceded by ``N`` items of which ``R`` are relevant, position ``p``
-  of the group is relevant with probability ``r/n``; given that, the other relevant items in
-  front of it number ``(p-1)(r-1)/(n-1)`` on average (hypergeometric mean). So the group's
-  expected sum of precisions at relevant ranks over its first ``m`` positions is
-  ``sum_p (r/n) (R + 1 + b (p-1)) / (N + p)`` with ``b = (r-1)/(n-1)``, which the harmonic
-  numbers ``H`` turn into ``(r/n) [(R + 1 - b (N+1)) (H[N+m] - H[N]) + b m]`` (write
-  ``p - 1 = (N + p) - (N + 1)``). No sort is needed: only the counts per group.
+The tie rules and their statistics are in :mod:`mghash_tf.core.rank_stats`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import sys
 
 import numpy as np
 
 from mghash_tf.core.index.packing import popcount, to_bits, pack_bits
+from mghash_tf.core.rank_stats import TieGroups
 
 METRICS = ("hamming", "cosine", "l2")
-# Elements of one (queries x database) chunk: ~30 bytes each live at the peak (~130 MB);
-# larger chunks measured slower here (fresh pages for every big temporary).
+_MAX_FLOAT_DB = (1 << 31) - 1
+_MAX_SQUARED_NORM = float(np.finfo(np.float32).max) / 4
+# Elements of one (queries x database) chunk: ~35 bytes each live at the peak (~150 MB), for
+# either tie rule or both; larger chunks measured slower here (fresh pages for every big
+# temporary), smaller ones no faster.
 _CHUNK_ELEMENTS = 1 << 22
 
 
@@ -65,6 +67,9 @@ def prepare(query_codes, db_codes, query_labels, db_labels, *, metric="hamming")
         query, db, num_bits = _binary(query, db)
     else:
         query, db, num_bits = _embeddings(query, db, metric), _embeddings(db, query, metric), 0
+        if db.shape[0] > _MAX_FLOAT_DB:
+            raise ValueError(f"Float ranking packs database indices into 31 bits: at most "
+                             f"{_MAX_FLOAT_DB} items. Received: {db.shape[0]}")
     ql, dl = _labels(query_labels, query.shape[0], "query"), _labels(db_labels, db.shape[0], "db")
     if ql.ndim != dl.ndim or ql.shape[1:] != dl.shape[1:]:
         raise ValueError("Query and database labels must both be class ids (N,) or multi-hot "
@@ -105,6 +110,10 @@ def _embeddings(x, other, metric):
     if metric == "cosine":
         norms = np.linalg.norm(x, axis=1, keepdims=True)
         x = x / np.where(norms > 0, norms, 1.0)
+    elif (largest := np.square(x, dtype=np.float64).sum(axis=1).max()) > _MAX_SQUARED_NORM:
+        # Squared distances, up to (|a| + |b|)^2, must stay finite in float32 to rank.
+        raise ValueError("metric='l2' needs squared distances within float32 range (norms up to "
+                         f"{np.sqrt(_MAX_SQUARED_NORM):.3g}). Received: norm {np.sqrt(largest):.3g}")
     return x
 
 
@@ -124,21 +133,127 @@ def _labels(labels, num, name):
 
 
 def ranked_chunks(data: Prepared, *, chunk_size=None):
-    """Yield ``(groups, rel, num_groups)`` for consecutive chunks of queries."""
+    """Yield a :class:`HammingChunk` or :class:`FloatChunk` for consecutive chunks of queries."""
     if chunk_size is None:
         chunk_size = max(1, _CHUNK_ELEMENTS // data.num_db)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ValueError(f"`chunk_size` must be a positive integer. Received: chunk_size={chunk_size!r}")
     db_t = np.ascontiguousarray(data.db.T)
+    if data.metric != "hamming":
+        # Reused by every chunk: fresh pages for these (q, n) arrays cost as much as filling them.
+        rows = min(chunk_size, data.query.shape[0])
+        dist_buffer = np.empty((rows, data.num_db), np.float32)
+        key_buffer = np.empty((rows, data.num_db), np.int64)
     for start in range(0, data.query.shape[0], chunk_size):
         query = data.query[start:start + chunk_size]
         labels = data.query_labels[start:start + chunk_size]
-        rel = (labels[:, None] == data.db_labels[None, :] if labels.ndim == 1
-               else (labels @ data.db_labels.T) > 0)
         if data.metric == "hamming":
-            yield _hamming(query, db_t, data.num_bits), rel, data.num_bits + 1
+            yield HammingChunk(_hamming(query, db_t, data.num_bits), labels, data.db_labels,
+                               data.num_bits + 1)
         else:
-            yield _dense_ranks(_float_distances(query, data.db, db_t, data.metric)), rel, data.num_db
+            dist = _float_distances(query, data.db, db_t, data.metric, dist_buffer[:len(query)])
+            yield FloatChunk(_sorted_keys(dist, key_buffer[:len(query)]), labels, data.db_labels)
+
+
+class HammingChunk:
+    """One chunk of queries ranked by small integer distances (the tie group ids)."""
+
+    def __init__(self, dist, query_labels, db_labels, num_groups: int):
+        self.dist = dist
+        self.rel = relevance(query_labels, db_labels)
+        self.num_groups = num_groups
+        self.total = np.count_nonzero(self.rel, axis=1)
+
+    @functools.cached_property
+    def counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Items ``n`` and relevant items ``r`` per distance, (q, num_groups)."""
+        return group_counts(self.dist, self.rel, self.num_groups)
+
+    @functools.cached_property
+    def ranked_rel(self) -> np.ndarray:
+        return stable_order(self.dist, self.rel)
+
+    @functools.cached_property
+    def tie_groups(self) -> TieGroups:
+        n, r = self.counts
+        before_n = np.cumsum(n, axis=1) - n
+        before_r = np.cumsum(r, axis=1) - r
+        at = np.nonzero(r)
+        return TieGroups(at[0].astype(np.int64), *(x[at].astype(np.int64)
+                                                   for x in (n, r, before_n, before_r)))
+
+
+class FloatChunk:
+    """One chunk of queries ranked by float distances, from their sorted keys (:func:`_sorted_keys`)."""
+
+    def __init__(self, keys, query_labels, db_labels):
+        distance, index = _halves(keys)
+        # Neighbours in sorted order with equal distance bits are exact ties.
+        self.tie_links = np.flatnonzero(distance[:, 1:] == distance[:, :-1])
+        self.ranked_rel = relevance(query_labels, db_labels, index)
+        self.total = np.count_nonzero(self.ranked_rel, axis=1)
+
+    @functools.cached_property
+    def tie_groups(self) -> TieGroups:
+        """Runs of tied items holding a relevant item, plus every other relevant item alone.
+
+        Works on flat (row-major) positions of the relevant items and of the tie links
+        (position ``j`` tied with ``j + 1``), both few next to ``q * n``, with binary searches
+        instead of passes over the whole chunk.
+        """
+        q, n = self.ranked_rel.shape
+        rel_at = np.flatnonzero(self.ranked_rel)
+        rows_start = np.searchsorted(rel_at, np.arange(q) * n)  # relevant items in earlier rows
+        link = self.tie_links // max(n - 1, 1) * n + self.tie_links % max(n - 1, 1)
+        # A run is a chain of links j, j + 1, ...; chains never cross rows (j < n - 1).
+        chain_edge = np.ones(link.size + 1, bool)
+        chain_edge[1:-1] = np.diff(link) != 1
+        first, last = link[chain_edge[:-1]], link[chain_edge[1:]] + 1
+        lo, hi = np.searchsorted(rel_at, first), np.searchsorted(rel_at, last, side="right")
+        runs = hi > lo
+        first, last, lo, hi = first[runs], last[runs], lo[runs], hi[runs]
+        inside = np.cumsum(np.bincount(lo, minlength=rel_at.size + 1)
+                           - np.bincount(hi, minlength=rel_at.size + 1))[:-1] > 0
+        alone = np.flatnonzero(~inside)
+        row = np.concatenate([rel_at[alone] // n, first // n])
+        before = np.concatenate([rel_at[alone], first]) - row * n
+        size = np.concatenate([np.ones(alone.size, np.int64), last - first + 1])
+        relevant = np.concatenate([np.ones(alone.size, np.int64), hi - lo])
+        before_r = np.concatenate([alone, lo]) - rows_start[row]
+        return TieGroups(row, size, relevant, before, before_r)
+
+
+def relevance(query_labels, db_labels, order=None) -> np.ndarray:
+    """(q, n) bool: query shares a label with the database item (at ``order``, if given)."""
+    if query_labels.ndim == 1:
+        return (db_labels if order is None else db_labels[order]) == query_labels[:, None]
+    rel = (query_labels @ db_labels.T) > 0
+    return rel if order is None else np.take_along_axis(rel, order, axis=1)
+
+
+def _sorted_keys(dist, out):
+    """Each row's ``(distance, database index)`` pairs as sorted int64 keys, into ``out``.
+
+    The high 32 bits map float32 distances to int32 in the same order (IEEE bits read as an
+    int, with the magnitude bits of negatives flipped), the low 32 bits hold the index: one
+    sort of plain integers then ranks ties by database order, measured ~2x faster here than
+    one unstable float argsort (and ~10x faster than a stable one). Overwrites ``dist``.
+    """
+    dist += np.float32(0.0)  # -0.0 becomes +0.0: equal distances need equal bits
+    bits = dist.view(np.int32)
+    flip = bits >> 31
+    flip &= np.int32(0x7FFFFFFF)
+    distance, index = _halves(out)
+    np.bitwise_xor(bits, flip, out=distance)
+    index[...] = np.arange(dist.shape[1], dtype=np.int32)
+    out.sort(axis=1)
+    return out
+
+
+def _halves(keys):
+    """(q, n) int32 views of the high (distance) and low (index) halves of int64 keys."""
+    pairs = keys.view(np.int32).reshape(*keys.shape, 2)
+    return (pairs[..., 1], pairs[..., 0]) if sys.byteorder == "little" else (pairs[..., 0], pairs[..., 1])
 
 
 def _hamming(query, db_t, num_bits):
@@ -151,33 +266,12 @@ def _hamming(query, db_t, num_bits):
     return dist
 
 
-def _float_distances(query, db, db_t, metric):
+def _float_distances(query, db, db_t, metric, out):
     if metric == "cosine":
-        return -(query @ db_t)
+        np.matmul(query, db_t, out=out)
+        return np.negative(out, out=out)
     sq = (query * query).sum(axis=1)[:, None] + (db * db).sum(axis=1)[None, :]
-    return sq - 2.0 * (query @ db_t)
-
-
-def _dense_ranks(dist):
-    """Float distances -> tie-group ids: 0 for the smallest value, +1 at each larger value."""
-    # Equal values get equal ids whatever their order here, so the fast unstable sort is fine;
-    # the tie rule is applied later on these ids.
-    order = np.argsort(dist, axis=1)
-    ranked = np.take_along_axis(dist, order, axis=1)
-    steps = np.zeros(dist.shape, np.uint32)
-    steps[:, 1:] = ranked[:, 1:] != ranked[:, :-1]
-    ids = np.cumsum(steps, axis=1, dtype=np.uint32)
-    groups = np.empty_like(ids)
-    np.put_along_axis(groups, order, ids, axis=1)
-    return groups.astype(np.uint16) if dist.shape[1] <= 65536 else groups
-
-
-def tables(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Harmonic numbers ``H[0..size]`` and log-factorials ``log(i!)`` for ``i`` in 0..size."""
-    i = np.arange(1, size + 1, dtype=np.float64)
-    harmonic = np.concatenate([[0.0], np.cumsum(1.0 / i)])
-    log_fact = np.concatenate([[0.0], np.cumsum(np.log(i))])
-    return harmonic, log_fact
+    return np.subtract(sq, 2.0 * (query @ db_t), out=out)
 
 
 def group_counts(groups: np.ndarray, rel: np.ndarray, num_groups: int):
@@ -195,88 +289,3 @@ def stable_order(groups: np.ndarray, rel: np.ndarray) -> np.ndarray:
     return np.take_along_axis(rel, order, axis=1)
 
 
-def ap_stable(ranked_rel: np.ndarray, total: np.ndarray, k: int, normalize: str) -> np.ndarray:
-    """Average precision over the top ``k`` of a ranked relevance matrix, per query."""
-    top = ranked_rel[:, :k]
-    q = top.shape[0]
-    # Only relevant ranks contribute and they are few: work on their (row, rank) list, where
-    # the hit count at each is its index within its row's run (nonzero is row-major).
-    rows, cols = np.nonzero(top)
-    retrieved = np.bincount(rows, minlength=q)
-    first = np.cumsum(retrieved) - retrieved
-    hits = np.arange(1, rows.size + 1) - first[rows]
-    sums = np.bincount(rows, hits / (cols + 1.0), minlength=q)
-    return safe_divide(sums, retrieved if normalize == "retrieved" else np.minimum(k, total))
-
-
-def _group_sum(n, r, before_n, before_r, m, harmonic):
-    """Expected sum of precisions at relevant ranks over the first ``m`` positions of groups."""
-    n_safe = np.maximum(n, 1)
-    b = np.where(n > 1, (r - 1) / np.maximum(n - 1, 1), 0.0)
-    span = harmonic[before_n + m] - harmonic[before_n]
-    return (r / n_safe) * ((before_r + 1 - b * (before_n + 1)) * span + b * m)
-
-
-def ap_tied(n, r, k: int, normalize: str, harmonic, log_fact) -> np.ndarray:
-    """Expected average precision over the top ``k`` under random tie orders, per query.
-
-    ``normalize="recall"`` divides by ``min(k, total relevant)``, a constant, so the expectation
-    is the expected sum over the positions that fall inside the top ``k``. ``"retrieved"``
-    divides by the number of relevant items retrieved, which is random when the group that
-    straddles the cut-off mixes relevant and irrelevant items; that case conditions on the
-    hypergeometric count of relevant items drawn into the top ``k`` (see ``_straddle``).
-    """
-    before_n = np.cumsum(n, axis=1) - n
-    before_r = np.cumsum(r, axis=1) - r
-    m = np.clip(k - before_n, 0, n)
-    total = r.sum(axis=1)
-    if normalize == "recall":
-        sums = _group_sum(n, r, before_n, before_r, m, harmonic).sum(axis=1)
-        return safe_divide(sums, np.minimum(k, total))
-    full = m == n
-    sums = np.where(full, _group_sum(n, r, before_n, before_r, n, harmonic), 0.0).sum(axis=1)
-    got = np.where(full, r, 0).sum(axis=1)
-    out = safe_divide(sums, got)
-    partial = (m > 0) & ~full
-    for row, col in zip(*np.nonzero(partial)):
-        out[row] = _straddle(sums[row], got[row], n[row, col], r[row, col], before_n[row, col],
-                             m[row, col], harmonic, log_fact)
-    return out
-
-
-def _straddle(sums, got, n, r, before_n, m, harmonic, log_fact) -> float:
-    """E[(sums + S_j) / (got + j)] with ``j`` relevant among the ``m`` drawn of the group.
-
-    Given ``j``, the drawn relevant items sit uniformly among the ``m`` positions, so the
-    group-sum formula applies with ``(n, r)`` replaced by ``(m, j)``.
-    """
-    j = np.arange(max(0, m - (n - r)), min(r, m) + 1)
-    log_pmf = (log_fact[r] - log_fact[j] - log_fact[r - j]
-               + log_fact[n - r] - log_fact[m - j] - log_fact[n - r - m + j]
-               - log_fact[n] + log_fact[m] + log_fact[n - m])
-    drawn = _group_sum(np.full_like(j, m), j, before_n, got, m, harmonic)
-    return float(np.sum(np.exp(log_pmf) * safe_divide(sums + drawn, got + j)))
-
-
-def hits_stable(ranked_rel: np.ndarray, k: int) -> np.ndarray:
-    """Relevant items in the top ``k``, per query."""
-    return np.count_nonzero(ranked_rel[:, :k], axis=1).astype(np.float64)
-
-
-def hits_tied(n, r, k: int) -> np.ndarray:
-    """Expected relevant items in the top ``k`` under random tie orders (linearity)."""
-    before_n = np.cumsum(n, axis=1) - n
-    m = np.clip(k - before_n, 0, n)
-    return (r * safe_divide(m, n)).sum(axis=1)
-
-
-def within_radius(n, r) -> tuple[np.ndarray, np.ndarray]:
-    """Retrieved and relevant-retrieved counts within each radius (group index), (q, G)."""
-    return np.cumsum(n, axis=1), np.cumsum(r, axis=1)
-
-
-def safe_divide(num, den) -> np.ndarray:
-    """``num / den`` with 0 where ``den == 0`` (nothing retrieved: precision and AP are 0)."""
-    num = np.asarray(num, dtype=np.float64)
-    den = np.asarray(den, dtype=np.float64)
-    return np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den != 0)

@@ -93,27 +93,26 @@ def code_metrics(q, db, ql, dl) -> dict:
     and the PR curve over radii (as lists)."""
     from mghash_tf.core.metrics import retrieval_report
 
-    stable = retrieval_report(q, db, ql, dl, map_ks=(None,), ks=(TOP_K,), radius=RADIUS, curve=True)
-    tied = retrieval_report(q, db, ql, dl, map_ks=(None,), ks=(TOP_K,), radius=None, tie_aware=True)
-    curve = {k: np.asarray(v).tolist() for k, v in stable["pr_curve"].items()}
-    return {"map": stable["map"], "map_tie_aware": tied["map"],
-            f"precision@{TOP_K}": stable[f"precision@{TOP_K}"],
-            f"precision@{TOP_K}_tie_aware": tied[f"precision@{TOP_K}"],
-            f"precision@r{RADIUS}": stable[f"precision@r{RADIUS}"],
-            "num_no_relevant": stable["num_no_relevant"], "pr_curve": curve}
+    report = retrieval_report(q, db, ql, dl, map_ks=(None,), ks=(TOP_K,), radius=RADIUS, curve=True,
+                              tie_aware="both")
+    curve = {k: np.asarray(v).tolist() for k, v in report["pr_curve"].items()}
+    return {**_rank_metrics(report), f"precision@r{RADIUS}": report[f"precision@r{RADIUS}"],
+            "pr_curve": curve}
 
 
 def float_metrics(q, db, ql, dl, *, metric: str = "cosine") -> dict:
     """Float ranking (cosine or L2): mAP@all and P@100 (no radius, no PR curve)."""
     from mghash_tf.core.metrics import retrieval_report
 
-    stable = retrieval_report(q, db, ql, dl, map_ks=(None,), ks=(TOP_K,), radius=None, metric=metric)
-    tied = retrieval_report(q, db, ql, dl, map_ks=(None,), ks=(TOP_K,), radius=None, metric=metric,
-                            tie_aware=True)
-    return {"map": stable["map"], "map_tie_aware": tied["map"],
-            f"precision@{TOP_K}": stable[f"precision@{TOP_K}"],
-            f"precision@{TOP_K}_tie_aware": tied[f"precision@{TOP_K}"],
-            "num_no_relevant": stable["num_no_relevant"]}
+    return _rank_metrics(retrieval_report(q, db, ql, dl, map_ks=(None,), ks=(TOP_K,), radius=None,
+                                          metric=metric, tie_aware="both"))
+
+
+def _rank_metrics(report) -> dict:
+    """mAP@all and P@100 under both tie rules, from a ``tie_aware="both"`` report."""
+    keys = ("map", "map_tie_aware", f"precision@{TOP_K}", f"precision@{TOP_K}_tie_aware",
+            "num_no_relevant")
+    return {key: report[key] for key in keys}
 
 
 def baseline_metrics(q_feat, db_feat, ql, dl, num_bits: int, *, seed: int = 0) -> dict:

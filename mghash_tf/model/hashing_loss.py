@@ -48,6 +48,10 @@ class HashingLoss(keras.losses.Loss):
         self.num_classes = {k: int(v) for k, v in dict(num_classes).items()}
         self.loss = loss
         self.quantization_weight = float(quantization_weight)
+        # The weight in force: a variable, so a schedule (training.callbacks.QuantizationRamp)
+        # can move it during fit; it starts at quantization_weight.
+        self.quantization_weight_now = keras.Variable(self.quantization_weight, trainable=False,
+                                                      dtype="float32", name="quantization_weight")
         self.balance_weight = float(balance_weight)
         self.seed = int(seed)
         self.ortho_scale = float(ortho_scale)
@@ -92,7 +96,7 @@ class HashingLoss(keras.losses.Loss):
             h = y_pred[:, start:start + seg.bits]
             labels = y_true[:, LABEL_COLUMN[seg.label_level]]
             total += seg.weight * self._segment_loss(h, labels, centers)
-        total += self.quantization_weight * losses.quantization_loss(y_pred)
+        total += self.quantization_weight_now * losses.quantization_loss(y_pred)
         total += self.balance_weight * losses.balance_loss(y_pred)
         return total
 

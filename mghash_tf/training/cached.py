@@ -36,7 +36,7 @@ from mghash_tf.training.callbacks import RetrievalValidation
 from mghash_tf.training.checkpoints import LOG, BestWeights
 from mghash_tf.training.config import STAGE1_CACHE
 from mghash_tf.training.optimizers import make_optimizer
-from mghash_tf.training.stages import StageOutcome, hashing_loss
+from mghash_tf.training.stages import Stage, StageOutcome, hashing_loss, quantization_ramp
 
 logger = logging.getLogger(__name__)
 VIEWS = {"identity": lambda x: x, "hflip": lambda x: x[:, :, ::-1]}
@@ -162,14 +162,17 @@ def train_head(split: SplitModel, train_cached, train_labels, val_cached, val_la
     labels = np.asarray(train_labels)
     num_classes = num_classes or {"fine": int(labels[:, 0].max()) + 1, "coarse": int(labels[:, 1].max()) + 1}
     batches = CachedBatches(train_cached, labels, batch_size=config.batch_size, seed=config.seed)
+    loss = hashing_loss(head, config, num_classes)
     head.compile(optimizer=make_optimizer(config, learning_rate=config.learning_rate,
                                           steps=len(batches) * config.frozen_epochs),
-                 loss=hashing_loss(head, config, num_classes))
+                 loss=loss)
+    ramp = quantization_ramp(loss, config, len(batches), Stage(1, config.frozen_epochs, 0, config.learning_rate,
+                                                               train_backbone=False))
     validation = RetrievalValidation(val_cached, val_labels, db_cached, db_labels, layout,
                                      has_coarse=has_coarse, predict=predict_cached)
     best = BestWeights(out, model or head, restore=True)
     start = time.perf_counter()
-    history = head.fit(batches, epochs=config.frozen_epochs, callbacks=[validation, best, *callbacks],
+    history = head.fit(batches, epochs=config.frozen_epochs, callbacks=[*ramp, validation, best, *callbacks],
                        verbose=verbose)
     seconds = time.perf_counter() - start
     return {"history": history.history, "best_epoch": best.best_epoch,

@@ -13,6 +13,7 @@ import time
 import keras
 import numpy as np
 
+from mghash_tf.core.granularity import evaluation_granularities
 from mghash_tf.core.layout import CodeLayout
 from mghash_tf.evaluation.retrieval import evaluate_codes
 from mghash_tf.model import encode
@@ -30,22 +31,35 @@ def predict_images(model, images, batch_size: int = 256, tta: bool = False) -> n
 
 
 class RetrievalValidation(keras.callbacks.Callback):
-    """Adds ``val_map_<granularity>`` to the epoch logs.
+    """Adds ``val_map_<granularity>`` to the epoch logs (NaN in epochs that ``every`` skips).
 
     ``query``/``database`` are whatever ``predict(model, inputs)`` takes: images for the full
     model (the default), cached trunk arrays for a head (``cached.predict_cached``).
     """
 
     def __init__(self, query, query_labels, database, database_labels, layout: CodeLayout, *,
-                 has_coarse=True, predict=predict_images):
+                 has_coarse=True, predict=predict_images, every: int = 1, final_epoch: int | None = None):
         super().__init__()
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"`every` must be an int >= 1. Received: every={every!r}")
         self.query, self.query_labels = query, np.asarray(query_labels)
         self.database, self.database_labels = database, np.asarray(database_labels)
         self.layout = layout
         self.has_coarse = has_coarse
         self.predict = predict
+        self.every, self.final_epoch = every, final_epoch
+
+    def due(self, epoch: int) -> bool:
+        """Every ``every``-th epoch counted back from ``final_epoch`` (always validated)."""
+        return self.every == 1 or self.final_epoch is None or (self.final_epoch - epoch) % self.every == 0
 
     def on_epoch_end(self, epoch, logs=None):
+        if not self.due(epoch):
+            # NaN keeps the columns of log.csv in place; checkpoints skip it.
+            names = evaluation_granularities(self.layout, has_coarse=self.has_coarse)
+            if logs is not None:
+                logs.update({f"val_map_{name}": float("nan") for name in names})
+            return
         start = time.perf_counter()
         q = self.predict(self.model, self.query)
         db = self.predict(self.model, self.database)
@@ -54,6 +68,50 @@ class RetrievalValidation(keras.callbacks.Callback):
         if logs is not None:
             logs.update({f"val_{k}": v for k, v in scores.items()})
         logger.info("epoch %d validation %s (%.1f s)", epoch + 1, scores, time.perf_counter() - start)
+
+
+class SetEpoch(keras.callbacks.Callback):
+    """Keeps a ``data.pipeline.epoch_counter`` variable at the epoch about to run (Keras opens
+    the epoch's data iterator after ``on_epoch_begin``, so the whole epoch reads the new value)."""
+
+    def __init__(self, variable):
+        super().__init__()
+        self.variable = variable
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.variable.assign(epoch)
+
+
+class QuantizationRamp(keras.callbacks.Callback):
+    """Moves the quantisation term's weight (``HashingLoss.quantization_weight_now``) from
+    ``start`` to ``final`` over the stage along ``progress**3``: almost no extra pull toward
+    +-1 while the codes still move between classes (a saturated tanh passes no gradient), the
+    full pull in the last epochs, so the signs the model ends with survive int8 rounding.
+
+    Example: start 0.1, final 1.0, 10 steps: step 5 -> 0.1 + 0.9 * 0.125 = 0.2125.
+    """
+
+    def __init__(self, variable, start: float, final: float, steps_per_epoch: int, epochs: int, *,
+                 first_epoch: int = 0):
+        super().__init__()
+        if int(steps_per_epoch) < 1 or int(epochs) < 1 or start < 0 or final < 0:
+            raise ValueError("QuantizationRamp needs steps_per_epoch >= 1, epochs >= 1 and weights >= 0. "
+                             f"Received: steps_per_epoch={steps_per_epoch}, epochs={epochs}, start={start}, "
+                             f"final={final}")
+        self.variable, self.start, self.final = variable, float(start), float(final)
+        self.steps_per_epoch, self.first_epoch = int(steps_per_epoch), int(first_epoch)
+        self.total_steps = int(steps_per_epoch) * int(epochs)
+        self.step = 0
+
+    def weight(self, step: int) -> float:
+        return self.start + (self.final - self.start) * min(step / self.total_steps, 1.0) ** 3
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.step = (epoch - self.first_epoch) * self.steps_per_epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.variable.assign(self.weight(self.step))
+        self.step += 1
 
 
 class Throughput(keras.callbacks.Callback):

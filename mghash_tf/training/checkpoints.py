@@ -29,8 +29,16 @@ def best_logged(out: Path):
     if not log.exists() or not (out / BEST_WEIGHTS).exists():
         return None
     with open(log, newline="") as f:
-        values = [float(r[MONITOR]) for r in csv.DictReader(f) if r.get(MONITOR)]
+        values = [_number(r.get(MONITOR)) for r in csv.DictReader(f)]
+    values = [v for v in values if not math.isnan(v)]  # epochs without validation
     return max(values) if values else None
+
+
+def _number(text) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 class BestWeights(keras.callbacks.Callback):
@@ -50,7 +58,7 @@ class BestWeights(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(MONITOR)
-        if value is None or value <= self.best:
+        if value is None or math.isnan(value) or value <= self.best:
             return
         self.best, self.best_epoch = float(value), epoch + 1
         if self.path is None:

@@ -49,7 +49,11 @@ class TrainConfig:
     ``mixed_precision``: ``"auto"`` trains in bfloat16 where the CPU has bfloat16 instructions
     (AVX512_BF16/AMX) or the GPU is Ampere or newer, else float32; codes and losses are float32
     in every case and the saved model is float32. ``tta``: codes of validation and test images
-    (and so the checkpoint choice) average the image and its mirror.
+    (and so the checkpoint choice) average the image and its mirror. ``val_every``: validate
+    every n-th epoch counted back from each stage's last (always validated); the best validated
+    epoch is kept. ``quantization_weight_final``: the quantisation weight rises from
+    ``quantization_weight`` to it over each stage (late: ``progress**3``); None keeps it fixed.
+    ``bias_lr_scale`` (SGD): rate multiplier of the BatchNorm offsets.
     """
 
     data: str = "demo"
@@ -65,6 +69,7 @@ class TrainConfig:
     ortho_margin: float = 0.2
     label_smoothing: float = 0.0
     quantization_weight: float = 0.1
+    quantization_weight_final: float | None = None
     balance_weight: float = 0.01
     frozen_epochs: int = 5
     finetune_epochs: int = 0
@@ -77,6 +82,7 @@ class TrainConfig:
     schedule: str = "cosine"
     warmup_fraction: float = 0.23
     weight_decay: float = 1e-4
+    bias_lr_scale: float = 1.0
     weight_averaging: str = "none"
     augment: bool = True
     augmentation: str = "standard"
@@ -85,6 +91,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     test_fraction: float | None = None
     val_database_size: int = 5000
+    val_every: int = 1
     max_train: int | None = None
     strategy: str = "default"
     mixed_precision: str = "auto"
@@ -108,6 +115,16 @@ class TrainConfig:
             raise ValueError(f"`warmup_fraction` must be in [0, 1). Received: warmup_fraction={self.warmup_fraction}")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"`momentum` must be in [0, 1). Received: momentum={self.momentum}")
+        for name in ("quantization_weight", "quantization_weight_final"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise ValueError(f"`{name}` must be >= 0. Received: {name}={value}")
+        if not self.bias_lr_scale > 0:
+            raise ValueError(f"`bias_lr_scale` must be > 0. Received: bias_lr_scale={self.bias_lr_scale}")
+        if self.bias_lr_scale != 1.0 and self.optimizer != "sgd":
+            raise ValueError("`bias_lr_scale` scales SGD's rate for BatchNorm offsets; an adaptive optimiser "
+                             f"normalises it away. Received: bias_lr_scale={self.bias_lr_scale}, "
+                             f"optimizer={self.optimizer!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"`label_smoothing` must be in [0, 1). Received: label_smoothing={self.label_smoothing}")
         _check_choice("strategy", self.strategy, STRATEGIES)
@@ -117,7 +134,7 @@ class TrainConfig:
                              f"stage 1 trains every layer. Received: stage1_cache={self.stage1_cache!r}, "
                              "weights=None")
         get_layout(self.layout)
-        for name in ("image_size", "batch_size"):
+        for name in ("image_size", "batch_size", "val_every"):
             _check_int(name, getattr(self, name), minimum=1)
         for name in ("frozen_epochs", "finetune_epochs", "val_database_size"):
             _check_int(name, getattr(self, name), minimum=0)

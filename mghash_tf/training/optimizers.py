@@ -47,12 +47,58 @@ def make_schedule(config, *, learning_rate: float, steps: int):
     return learning_rate
 
 
-def make_optimizer(config, *, learning_rate: float, steps: int) -> keras.optimizers.Optimizer:
+@keras.saving.register_keras_serializable(package="mghash_tf")
+class ScaledSGD(keras.optimizers.SGD):
+    """SGD whose learning rate is multiplied by ``scales[variable.path]`` for the variables
+    named there (1 for the rest); decoupled weight decay keeps the unscaled rate.
+
+    Plain and Nesterov momentum SGD are linear in ``rate * gradient``, so scaling the gradient
+    of a variable is scaling its rate. airbench (Jordan 2024) trains the BatchNorm offsets of a
+    network whose BatchNorm scales are fixed at a 64x higher rate than the scale-invariant
+    convolution weights: an offset moves the GELU threshold in absolute units, while a
+    convolution's effective step grows as its weights shrink.
+    """
+
+    def __init__(self, *args, scales=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scales = {str(k): float(v) for k, v in (scales or {}).items()}
+        bad = {k: v for k, v in self.scales.items() if not v > 0}
+        if bad:
+            raise ValueError(f"ScaledSGD `scales` must be > 0. Received: {bad}")
+
+    def build(self, variables):
+        super().build(variables)
+        # update_step receives backend variables (no Keras path under TensorFlow): index by position.
+        self._variable_scales = [self.scales.get(v.path, 1.0) for v in variables]
+
+    def update_step(self, gradient, variable, learning_rate):
+        scale = self._variable_scales[self._get_variable_index(variable)]
+        if scale != 1.0:
+            gradient = ops.multiply(gradient, ops.cast(scale, gradient.dtype))
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        return {**super().get_config(), "scales": dict(self.scales)}
+
+
+def batchnorm_offsets(model) -> list:
+    """The ``beta`` variables of every BatchNormalization layer in ``model`` (nested included)."""
+    from mghash_tf.model.layers import walk
+
+    return [layer.beta for layer in walk(model)
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.center]
+
+
+def make_optimizer(config, *, learning_rate: float, steps: int, model=None) -> keras.optimizers.Optimizer:
     """``config.optimizer`` (``adamw``, or ``sgd`` with ``config.momentum`` and
     ``config.nesterov``) with decoupled ``config.weight_decay`` and :func:`make_schedule`.
-    ``config`` is a ``TrainConfig``."""
+    ``config`` is a ``TrainConfig``. With ``config.bias_lr_scale != 1`` (SGD only), the
+    BatchNorm offsets of ``model`` train at that multiple of the rate (:class:`ScaledSGD`)."""
     lr = make_schedule(config, learning_rate=learning_rate, steps=steps)
     if config.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate=lr, momentum=config.momentum, nesterov=config.nesterov,
-                                    weight_decay=config.weight_decay)
+        args = dict(learning_rate=lr, momentum=config.momentum, nesterov=config.nesterov,
+                    weight_decay=config.weight_decay)
+        if config.bias_lr_scale == 1.0 or model is None:
+            return keras.optimizers.SGD(**args)
+        return ScaledSGD(**args, scales={v.path: config.bias_lr_scale for v in batchnorm_offsets(model)})
     return keras.optimizers.AdamW(learning_rate=lr, weight_decay=config.weight_decay)

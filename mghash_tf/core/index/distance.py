@@ -51,6 +51,11 @@ def popcount_into(x: np.ndarray, out: np.ndarray) -> None:
         out[...] = popcount_lut(x)
 
 
+def popcount(x: np.ndarray) -> np.ndarray:
+    """uint8 ``popcount(x)`` in a new array (lookup table for NumPy < 2)."""
+    return np.bitwise_count(x) if HAS_BITWISE_COUNT else popcount_lut(x)
+
+
 def full_terms(num_words: int) -> tuple:
     return tuple((w, None) for w in range(num_words))
 

@@ -259,6 +259,8 @@ class HammingIndex:
         return inputs.as_words(codes, self.num_bits, what)
 
     def _ids_at(self, positions: np.ndarray) -> np.ndarray:
+        if positions.size and positions.min() >= 0:  # no padding: one gather (single queries)
+            return self._ids[positions]
         out = np.full(positions.shape, -1, dtype=np.int64)
         valid = positions >= 0
         out[valid] = self._ids[positions[valid]]

@@ -14,7 +14,9 @@ import numpy as np
 
 from mghash_tf.core.index import distance, topk
 
-SHARED_QUERIES = 16  # queries that should share one read of the codes
+# Queries that share one read of the codes, and the most per block: a taller block measured
+# slower (100 queries x 100k codes: 0.78 ns per pair, in blocks of 16: 0.47 ns).
+SHARED_QUERIES = 16
 
 
 def _blocks(words: np.ndarray, queries: np.ndarray, terms, max_distance: int):
@@ -25,7 +27,7 @@ def _blocks(words: np.ndarray, queries: np.ndarray, terms, max_distance: int):
     slab = min(n, max(topk.GROUPS, budget // min(nq, SHARED_QUERIES)))
     slab -= slab % topk.GROUPS if slab < n else 0
     width = max(topk.GROUPS, -(-slab // topk.GROUPS) * topk.GROUPS)
-    per_block = max(1, min(nq, budget // width))
+    per_block = max(1, min(nq, SHARED_QUERIES, budget // width))
     for q0 in range(0, nq, per_block):
         qs = queries[q0 : q0 + per_block]
         for c0 in range(0, n, slab):

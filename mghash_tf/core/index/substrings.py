@@ -51,3 +51,10 @@ def fold(values: np.ndarray, bits: int, out_bits: int) -> np.ndarray:
     if out_bits < bits:
         values = values ^ (values >> np.uint64(out_bits))
     return (values & np.uint64((1 << out_bits) - 1)).astype(np.intp)
+
+
+def fold_int(value: int, bits: int, out_bits: int) -> int:
+    """``fold`` of one substring value as a Python int (same bucket, no NumPy call)."""
+    if out_bits < bits:
+        value ^= value >> out_bits
+    return value & ((1 << out_bits) - 1)
