@@ -83,11 +83,12 @@ def describe_recipe(config) -> str:
         start = "from scratch, end to end"
     size = (f"{config.image_size} px" if not config.input_size
             else f"{config.input_size} px upsampled to {config.image_size} px")
+    epochs = config.frozen_epochs + config.finetune_epochs
     return (f"{config.backbone}: recipe {config.recipe!r}, {start}, {size}, {config.max_train} training images "
-            f"(validation {config.val_fraction:.0%} of them), {config.frozen_epochs} epochs, "
+            f"(validation {config.val_fraction:.0%} of them), {epochs} epoch{'s' * (epochs != 1)}, "
             f"loss {config.loss}, {config.optimizer} lr {config.learning_rate:g}, batch {config.batch_size}, "
             f"augmentation {_augmentation(config)}, "
-            f"quantization_weight {config.quantization_weight:g}")
+            f"quantization_weight {config.quantization_weight:g}{', flip TTA for its codes' * config.tta}")
 
 
 def _augmentation(config) -> str:
@@ -208,7 +209,9 @@ def markdown(meta: dict, records: list, args) -> str:
              f"carved from it; test: query = a seeded {args.max_test} of the test "
              "split, database = the training subset minus validation, mAP@all (fine labels; coarse "
              "from the coarse segment or the whole code).",
-             "- Models are written under the --out folder (git-ignored, not committed).", "",
+             "- Models are written under the --out folder (git-ignored, not committed).",
+             f"- Compute: {', '.join(sorted({str(r['mixed_precision']) for r in records}))} (`mixed_precision` "
+             "'auto'); `img/s`: `train()`'s median epoch rate, wall clock on the shared cores.", "",
              "## Recipes", ""]
     lines += sorted({f"- {r['recipe']}" for r in records})
     lines += ["", "| backbone | bits | layout | train s | wall s | CPU s | img/s | val mAP fine | test mAP fine | "
@@ -265,10 +268,14 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--bn-images", type=int, default=1024,
                    help=f"training images for the BatchNorm re-estimation of {', '.join(REESTIMATE_BN)}")
+    p.add_argument("--markdown-only", action="store_true",
+                   help="rewrite the Markdown of the run in --json (same --data/--max-test/--seed), train nothing")
     p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="TrainConfig field for every model (JSON value, else text)")
     args = p.parse_args(argv)
     args.set = parse_set(args.set)
+    if args.markdown_only and not args.json:
+        p.error("--markdown-only needs --json")
     try:
         args.epochs = {k: int(v) for k, _, v in (item.partition("=") for item in args.epochs)}
     except ValueError:
@@ -276,11 +283,23 @@ def parse_args(argv=None):
     return args
 
 
+def rewrite_markdown(json_path: Path, args) -> None:
+    """The Markdown of an earlier run again (recipe lines re-described from each stored config)."""
+    from mghash_tf.training.config import TrainConfig
+
+    run = json.loads(json_path.read_text())
+    records = [{**r, "recipe": describe_recipe(TrainConfig.from_dict(r["config"]))} for r in run.pop("records")]
+    write_json(json_path, {**run, "records": records})
+    json_path.with_suffix(".md").write_text(markdown(run, records, args))
+
+
 def main(argv=None):
     from mghash_tf.data import load_source
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.markdown_only:
+        return rewrite_markdown(Path(args.json), args)
     meta = provenance("python benchmarks/train_bench_models.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     image_set = _sample_test(load_source(args.data), args.max_test, args.seed)
     records = []
