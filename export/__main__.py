@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -97,9 +98,11 @@ def cmd_bench(args):
              f"Latency: LiteRT `invoke()` at batch 1, p50/p90 of {settings.repeats} runs (1 thread) and "
              f"{max(settings.repeats // 2, 5)} runs (2 threads) after 3 warm-up runs; the files of one backbone are "
              f"timed in turn, in blocks of 10 runs after one untimed run; int8 calibration "
-             f"with {settings.rep_count} training images. Reduced sizes keep the run short.",
-             "Untrained rows (trained = no) are random-init models: their sizes and latencies are "
-             "real, their bit agreement and mAP are not what a trained model gives."] + args.note
+             f"with {settings.rep_count} training images. Reduced sizes keep the run short."]
+    if any(r["model"] == "full" and not r["trained"] for r in records):
+        notes.append("Untrained rows (trained = no) are random-init models: their sizes and latencies are "
+                     "real, their bit agreement and mAP are not what a trained model gives.")
+    notes += [f"Load average at the end: {os.getloadavg()[0]:.2f}."] + args.note
     report.write_bench_markdown(Path(args.json).with_suffix(".md"), records, meta, notes)
     report.plot_bench(Path(args.json).with_suffix(".png"), records)
     print(report.bench_table(records))
@@ -110,6 +113,7 @@ def _command() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from export import bench
     from export.convert import DEFAULT_VARIANTS, VARIANTS
 
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
@@ -141,8 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data", default=DEFAULT_DATA)
     b.add_argument("--trained", action="append", default=[], help="trained .keras file or training "
                    "folder (repeatable); replaces the random-init model of its backbone and bits")
-    b.add_argument("--backbones", nargs="+", default=["small_cnn", "mobilenet_v3_small", "mobilenet_v2",
-                                                       "efficientnet_v2_b0"])
+    b.add_argument("--backbones", nargs="+", default=[r.backbone for r in bench.DEFAULT_ROWS])
     b.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64])
     b.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
     b.add_argument("--n-query", type=int, default=200)

@@ -34,7 +34,7 @@ class Row:
     input_size: int
 
 
-DEFAULT_ROWS = (Row("small_cnn", 32, 32), Row("mobilenet_v3_small", 96, 32),
+DEFAULT_ROWS = (Row("small_cnn", 32, 32), Row("fast_cnn", 32, 32), Row("mobilenet_v3_small", 96, 32),
                 Row("mobilenet_v2", 96, 32), Row("efficientnet_v2_b0", 96, 32))
 
 

@@ -45,6 +45,31 @@ def test_summary_reports_size_ratio_and_overhead():
     assert "fp32 16 bits +25.0 %" in lines[1]
 
 
+def test_summary_reports_parity_of_trained_models_only():
+    def parity(variant, agreement, map_, trained=True):
+        return {**_record("full", "a", variant, 1.0), "trained": trained, "bit_agreement": agreement,
+                "map": map_, "map_keras": 0.5}
+
+    records = [parity("fp32", 1.0, 0.5), parity("int8", 0.999, 0.498), parity("int8", 0.99, 0.51),
+               parity("int8", 0.4, 0.2, trained=False), parity("dynamic", 0.997, 0.49)]
+    lines = [line for line in report.bench_summary(records) if "trained models" in line]
+    # int8: agreements 0.999 and 0.99; mAP changes -0.2 and +1.0 points; only the first meets both.
+    assert lines == [
+        "dynamic, trained models: bit agreement 0.9970 to 0.9970, mAP - Keras mAP -1.00 to -1.00 points; "
+        "both targets (agreement >= 0.995, mAP loss <= 0.5 point) met by 0 of 1",
+        "int8, trained models: bit agreement 0.9900 to 0.9990, mAP - Keras mAP -0.20 to +1.00 points; "
+        "both targets (agreement >= 0.995, mAP loss <= 0.5 point) met by 1 of 2"]
+
+
+def test_bench_cli_defaults_to_every_default_row():
+    from export.__main__ import build_parser
+    from mghash_tf.model.backbones import backbone_names
+
+    assert build_parser().parse_args(["bench"]).backbones == [r.backbone for r in bench.DEFAULT_ROWS]
+    assert {r.backbone for r in bench.DEFAULT_ROWS} <= set(backbone_names())
+    assert bench.Row("fast_cnn", 32, 32) in bench.DEFAULT_ROWS
+
+
 def test_latency_measures_every_model(tmp_path):
     from export import convert
     import keras
