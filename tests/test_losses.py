@@ -73,11 +73,20 @@ def test_hadamard_and_centres_are_far_apart():
     dist = (16 - c @ c.T) / 2
     off = dist[~np.eye(10, dtype=bool)]
     assert off.min() >= 8  # Hadamard rows and negations: distance 8 or 16 at K=16
-    c48 = losses.hash_centers(10, 48, seed=3)
+    c48 = losses.hash_centers(10, 48, seed=3)  # Paley order 48 (47 prime, 3 mod 4)
     d48 = ((48 - c48 @ c48.T) / 2)[~np.eye(10, dtype=bool)]
-    assert c48.shape == (10, 48) and d48.min() >= 12
-    with pytest.raises(ValueError, match="power of two"):
-        losses.hadamard(12)
+    assert c48.shape == (10, 48) and d48.min() == 24
+    c36 = losses.hash_centers(10, 36, seed=3)  # no construction: seeded random draws
+    assert c36.shape == (10, 36) and np.array_equal(c36, losses.hash_centers(10, 36, seed=3))
+    with pytest.raises(ValueError, match="Hadamard construction"):
+        losses.hadamard(36)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 12, 20, 24, 40, 44, 48, 96])
+def test_hadamard_orders_are_orthogonal(n):
+    h = losses.hadamard(n)
+    assert h.shape == (n, n) and set(np.unique(h)) <= {-1.0, 1.0}
+    np.testing.assert_array_equal(h @ h.T, n * np.eye(n))
 
 
 def test_center_loss_hand_values():

@@ -74,27 +74,59 @@ def balance_loss(h):
 
 
 def hadamard(n: int) -> np.ndarray:
-    """Sylvester Hadamard matrix of order n (a power of two), entries ±1."""
-    if n < 1 or n & (n - 1):
-        raise ValueError(f"Hadamard order must be a power of two. Received: n={n}")
-    m = np.ones((1, 1), dtype=np.float32)
-    while m.shape[0] < n:
-        m = np.block([[m, m], [m, -m]])
-    return m
+    """A Hadamard matrix of order ``n`` (entries ±1, ``H @ H.T == n * I``): Sylvester's doubling
+    from order 1, or from a Paley matrix of order ``q + 1`` for a prime ``q = 3 (mod 4)``. So
+    every power of two and e.g. 12, 20, 24, 44, 48 (and their doublings 40, 96, ...) exist here;
+    other orders raise ValueError."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"Hadamard order must be a positive int. Received: n={n!r}")
+    if n == 1:
+        return np.ones((1, 1), dtype=np.float32)
+    if n % 4 == 0 and _is_prime(n - 1) and (n - 1) % 4 == 3:
+        return _paley(n - 1)
+    if n % 2 == 0:
+        try:
+            m = hadamard(n // 2)
+        except ValueError:
+            pass
+        else:
+            return np.block([[m, m], [m, -m]])
+    raise ValueError("No Hadamard construction here for this order: it must be a power of two, "
+                     f"p + 1 for a prime p = 3 (mod 4), or twice such an order. Received: n={n}")
+
+
+def _is_prime(q: int) -> bool:
+    return q >= 2 and all(q % d for d in range(2, int(q ** 0.5) + 1))
+
+
+def _paley(q: int) -> np.ndarray:
+    """Paley construction I: with the Jacobsthal matrix ``Q[i, j] = chi(j - i)`` (chi = the
+    quadratic character mod q, antisymmetric for q = 3 mod 4), ``H = I + [[0, 1^T], [-1, Q]]``."""
+    squares = {(x * x) % q for x in range(1, q)}
+    chi = np.array([0] + [1 if a in squares else -1 for a in range(1, q)], dtype=np.float32)
+    idx = np.arange(q)
+    jacobsthal = chi[(idx[None, :] - idx[:, None]) % q]
+    skew = np.zeros((q + 1, q + 1), dtype=np.float32)
+    skew[0, 1:], skew[1:, 0], skew[1:, 1:] = 1.0, -1.0, jacobsthal
+    return np.eye(q + 1, dtype=np.float32) + skew
 
 
 def hash_centers(num_classes: int, bits: int, *, seed: int = 0) -> np.ndarray:
     """(num_classes, bits) ±1 class centres, far apart (CSQ, Yuan et al. 2020).
 
-    Hadamard rows and their negations are pairwise at Hamming distance >= K/2 when K is a
-    power of two and there are at most 2K classes; otherwise the best of 20 seeded random
-    draws by minimum pairwise distance.
+    Hadamard rows and their negations are pairwise at Hamming distance >= K/2 when a Hadamard
+    matrix of order K exists (:func:`hadamard`: e.g. K = 16, 48, 64) and there are at most 2K
+    classes; otherwise the best of 20 seeded random draws by minimum pairwise distance.
     """
     if num_classes < 1:
         raise ValueError(f"`num_classes` must be >= 1. Received: num_classes={num_classes}")
-    if bits & (bits - 1) == 0 and num_classes <= 2 * bits:
-        h = hadamard(bits)
-        return np.concatenate([h, -h])[:num_classes]
+    if num_classes <= 2 * bits:
+        try:
+            h = hadamard(bits)
+        except ValueError:
+            pass
+        else:
+            return np.concatenate([h, -h])[:num_classes]
     rng = np.random.default_rng(seed)
     best, best_min = None, -1
     for _ in range(20):
