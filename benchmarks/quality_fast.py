@@ -56,10 +56,12 @@ def parse_set(items) -> dict:
 
 
 def best_epoch(history: dict):
-    values = history.get("val_map_fine") or []
-    if not values:
+    """(1-based epoch, value) of the highest validation mAP; epochs not validated (``val_every``)
+    log NaN and are skipped."""
+    values = np.asarray(history.get("val_map_fine") or [], dtype="float64")
+    if not np.isfinite(values).any():
         return None, None
-    i = int(np.argmax(values))
+    i = int(np.nanargmax(values))
     return i + 1, round(float(values[i]), 5)
 
 

@@ -61,6 +61,16 @@ def test_fast_set_overrides_reach_the_config():
         quality_fast.parse_set(["val_every"])
 
 
+def test_best_epoch_skips_epochs_that_were_not_validated():
+    import quality_fast
+
+    nan = float("nan")
+    # val_every=2 counted back from the last of 5 epochs: epochs 1, 3 and 5 validated.
+    assert quality_fast.best_epoch({"val_map_fine": [0.3, nan, 0.6, nan, 0.5]}) == (3, 0.6)
+    assert quality_fast.best_epoch({"val_map_fine": [nan, nan]}) == (None, None)
+    assert quality_fast.best_epoch({}) == (None, None)
+
+
 def test_plot_writes_a_png(tmp_path):
     path = quality.plot(_records(), tmp_path / "q.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
