@@ -112,17 +112,6 @@ def test_labels_none_reads_a_class_folder_without_labels(tmp_path):
         load_source(f"folder:{tmp_path / 'empty'}", image_size=8, labels="none")
 
 
-@pytest.fixture(scope="module")
-def mobilenet_weights(tmp_path_factory):
-    """A MobileNetV2 weights file (random values: these tests are about the plumbing)."""
-    import keras
-
-    path = tmp_path_factory.mktemp("weights") / "mobilenet_v2_random.weights.h5"
-    keras.utils.set_random_seed(0)
-    keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False, weights=None).save_weights(str(path))
-    return str(path)
-
-
 def test_train_on_an_unlabelled_folder_switches_to_labels_none(tmp_path, mobilenet_weights, caplog):
     from mghash_tf.training.train import train
 

@@ -117,12 +117,18 @@ def extract(trunk: keras.Model, images, *, views=("identity",), batch_size: int 
 
 
 class CachedBatches(keras.utils.PyDataset):
-    """Shuffled batches of cached arrays (one random view per item per epoch) with (B, 2) labels."""
+    """Shuffled batches of cached arrays (one random view per item per epoch) with (B, 2) labels
+    (or, in a subclass, other per-item targets of ``label_dtype``)."""
+
+    label_dtype = "int32"
 
     def __init__(self, cached, labels, *, batch_size: int, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.cached = cached
-        self.labels = np.asarray(labels, dtype="int32")
+        self.labels = np.asarray(labels, dtype=self.label_dtype)
+        if len(self.labels) != cached[0].shape[1]:
+            raise ValueError(f"`labels` must have one row per cached item. Received: {len(self.labels)} rows "
+                             f"for {cached[0].shape[1]} items")
         self.batch_size = batch_size
         self.rng = np.random.default_rng(seed)
         self.num_views, self.n = cached[0].shape[:2]

@@ -23,7 +23,7 @@ import numpy as np
 
 from mghash_tf.model import get_layout_of
 from mghash_tf.model.unsupervised_loss import UnsupervisedHashingLoss
-from mghash_tf.training.cached import extract, split_model, unfreeze_tail
+from mghash_tf.training.cached import CachedBatches, extract, split_model, unfreeze_tail
 from mghash_tf.training.checkpoints import LOG
 from mghash_tf.training.config import STAGE1_CACHE
 from mghash_tf.training.optimizers import make_optimizer
@@ -33,28 +33,16 @@ logger = logging.getLogger(__name__)
 VIEWS = ("identity", "hflip")
 
 
-class PairBatches(keras.utils.PyDataset):
+class PairBatches(CachedBatches):
     """Shuffled batches ``(view-1 arrays + view-2 arrays, targets)`` of cached arrays
     ``(V, N, ...)``: per item, the two views are its cached versions in random order (the same
     one twice when V = 1), each times its own inverted-dropout mask."""
 
+    label_dtype = "float32"
+
     def __init__(self, cached, targets, *, batch_size: int, dropout: float = 0.0, seed: int = 0, **kwargs):
-        super().__init__(**kwargs)
-        self.cached, self.targets = cached, np.asarray(targets, dtype="float32")
-        self.batch_size, self.dropout = batch_size, float(dropout)
-        self.rng = np.random.default_rng(seed)
-        self.num_views, self.n = cached[0].shape[:2]
-        if len(self.targets) != self.n:
-            raise ValueError(f"`targets` must have one row per cached item. Received: {len(self.targets)} rows "
-                             f"for {self.n} items")
-        self.on_epoch_end()
-
-    def __len__(self):
-        return self.n // self.batch_size
-
-    def on_epoch_end(self):
-        self.order = self.rng.permutation(self.n)
-        self.first = self.rng.integers(0, self.num_views, self.n)
+        super().__init__(cached, targets, batch_size=batch_size, seed=seed, **kwargs)
+        self.dropout = float(dropout)
 
     def _view(self, view, idx):
         out = []
@@ -67,9 +55,9 @@ class PairBatches(keras.utils.PyDataset):
 
     def __getitem__(self, i):
         idx = np.sort(self.order[i * self.batch_size:(i + 1) * self.batch_size])
-        first = self.first[idx]
+        first = self.view[idx]
         second = (first + 1) % self.num_views
-        return tuple(self._view(first, idx) + self._view(second, idx)), self.targets[idx]
+        return tuple(self._view(first, idx) + self._view(second, idx)), self.labels[idx]
 
 
 def pair_model(head: keras.Model) -> keras.Model:
