@@ -42,7 +42,7 @@ def config_for(args, layout: str):
         frozen_epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         quantization_weight=args.quantization_weight, contrastive_temperature=args.temperature,
         affinity_weight=args.affinity_weight, feature_dropout=args.feature_dropout, seed=args.seed,
-        val_fraction=0.1, mixed_precision=args.mixed_precision or "auto")
+        val_fraction=0.05, mixed_precision=args.mixed_precision or "auto")
 
 
 def run_dataset(name, args, records, runs, prov):
