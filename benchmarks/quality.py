@@ -5,9 +5,11 @@ Two suites, one report (``benchmarks/results/quality.{json,md,png}`` + ``quality
     python benchmarks/quality.py --suite fast --dataset cifar10 --layouts plain64 --fast-epochs 15
     python benchmarks/quality.py --suite mobilenet            # both datasets, MobileNetV2 cached trunk
     python benchmarks/quality.py --suite mobilenet --quick --out /tmp/q   # small subsets, minutes
+    python benchmarks/quality.py --suite unsupervised --dataset cifar10 tinyimagenet200   # no labels in training
 
 A rerun replaces the records of the same dataset, suite and layouts. The ``fast`` suite (the
-training recipe for small images) is described in ``benchmarks/quality_fast.py``.
+training recipe for small images) is described in ``benchmarks/quality_fast.py``, the
+``unsupervised`` suite (label-free codes) in ``benchmarks/quality_unsupervised.py``.
 
 Protocol of the ``mobilenet`` suite (also written into every record):
 
@@ -57,7 +59,7 @@ logger = logging.getLogger("quality")
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--suite", choices=("fast", "mobilenet"), default="mobilenet")
+    p.add_argument("--suite", choices=("fast", "mobilenet", "unsupervised"), default="mobilenet")
     p.add_argument("--dataset", nargs="+", choices=sorted(DATASETS), default=sorted(DATASETS))
     p.add_argument("--layouts", nargs="+", help="override the dataset's layouts")
     p.add_argument("--epochs", type=int, default=15)
@@ -81,6 +83,11 @@ def parse_args(argv=None):
     p.add_argument("--fast-set", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="fast suite: any other TrainConfig override, VALUE read as JSON when it parses "
                         "(e.g. --fast-set val_every=5 bias_lr_scale=64)")
+    p.add_argument("--temperature", type=float, default=0.5, help="unsupervised suite: NT-Xent temperature")
+    p.add_argument("--affinity-weight", type=float, default=1.0, help="unsupervised suite: affinity term weight")
+    p.add_argument("--feature-dropout", type=float, default=0.2, help="unsupervised suite: dropout on cached views")
+    p.add_argument("--fit-max", type=int, default=20000,
+                   help="unsupervised suite: database features the baselines are fitted on (seeded sample)")
     p.add_argument("--mixed-precision", help="auto (default: bfloat16 where the CPU has it), none, bfloat16, float16")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -128,9 +135,9 @@ def imagenet_features(image_set, args):
     return predict(features, image_set.x[image_set.split == 1]), predict(features, image_set.x[image_set.split == 0])
 
 
-def imagenet_records(features, image_set, chosen, base, seed) -> list:
+def imagenet_records(features, image_set, chosen, base, seed, *, fit_max=None) -> list:
     """LSH / PCA / ITQ / float cosine on the ImageNet features (``features="imagenet"``) at each
-    granularity's bit count."""
+    granularity's bit count (hashers fitted on a seeded sample of ``fit_max`` database rows)."""
     from mghash_tf.evaluation.evaluate import baseline_metrics
 
     q_feat, db_feat = features
@@ -138,7 +145,8 @@ def imagenet_records(features, image_set, chosen, base, seed) -> list:
     ql, dl = labels[image_set.split == 1], labels[image_set.split == 0]
     rows = []
     for gran, (bits, col) in chosen.items():
-        for method, m in baseline_metrics(q_feat, db_feat, ql[:, col], dl[:, col], len(bits), seed=seed).items():
+        for method, m in baseline_metrics(q_feat, db_feat, ql[:, col], dl[:, col], len(bits), seed=seed,
+                                          fit_max=fit_max).items():
             rows.append({**base, "bits": None if method == "float_cosine" else len(bits), "granularity": gran,
                          "method": method, "features": "imagenet", "map": round(float(m["map"]), 5),
                          "map_tie_aware": round(float(m["map_tie_aware"]), 5)})
@@ -187,8 +195,9 @@ def run_dataset(name, args, records, runs, prov):
     runs.append({"dataset": name, "suite": "mobilenet", **prov, "wall_seconds": round(time.perf_counter() - wall, 1)})
 
 
-SUITES = {"fast": "fast_cnn from scratch, fast recipe", "mobilenet": "MobileNetV2 ImageNet, cached trunk"}
-ORDER = {"mghash_tta": 0, "mghash_tta_db": 1, "mghash": 2, "mghash_tta_float": 3, "mghash_tta_db_float": 4,
+SUITES = {"fast": "fast_cnn from scratch, fast recipe", "mobilenet": "MobileNetV2 ImageNet, cached trunk",
+          "unsupervised": "Label-free codes (labels hidden from training): MobileNetV2 ImageNet, cached trunk"}
+ORDER = {"mghash_tta": 0, "mghash_tta_db": 1, "mghash": 2, "mghash_unsupervised": 2, "mghash_tta_float": 3, "mghash_tta_db_float": 4,
          "mghash_float": 5, "itq": 6, "pca": 7, "lsh": 8, "classifier_sigmoid": 9, "float_cosine": 10,
          "float_l2": 11}
 
@@ -221,8 +230,9 @@ def _run_lines(runs, suite) -> list:
         lines += [f"- **{head['dataset']}**: `{head['command']}`, {head['date']}, {head['machine']}; "
                   f"wall time {head['wall_seconds'] / 60:.1f} min (data, training, evaluation)"]
         for r in (r for r in runs if r["dataset"] == head["dataset"] and "layout" in r and suite_of(r) == suite):
-            line = (f"  - {r['layout']}: {r['epochs']} epochs, best epoch {r['best_epoch']} "
-                    f"(val mAP {r['best_val_map_fine']:.3f}), training {r['train_seconds'] / 60:.1f} min "
+            chosen = ("last epoch kept (no labels)" if r["best_epoch"] is None else
+                      f"best epoch {r['best_epoch']} (val mAP {r['best_val_map_fine']:.3f})")
+            line = (f"  - {layout_name(r)}: {r['epochs']} epochs, {chosen}, training {r['train_seconds'] / 60:.1f} min "
                     f"at {r.get('train_items_per_second') or r['train_images_per_second']:.0f} items/s")
             if "cache_seconds" in r:  # runs of the earlier, hand-written loop
                 line += (f", trunk cache {r['cache_seconds'] / 60:.1f} min, full model vs cached path sign "
@@ -264,6 +274,8 @@ def plot(records, path):
         for r in rows:
             if suite_of(r) == "fast" and r["method"] not in FAST_PLOTTED:
                 continue
+            if suite_of(r) == "unsupervised" and (r["method"] != "mghash_unsupervised" or r.get("variant")):
+                continue  # its baselines are the mobilenet suite's ImageNet-feature ones
             label = r["method"] if r["features"] == "model" else f"{r['method']} ({r['features']})"
             if suite_of(r) == "fast":
                 if r.get("variant"):
@@ -302,10 +314,11 @@ def main(argv=None):
     from mghash_tf.core.files import write_bytes_atomic
 
     import quality_fast
+    import quality_unsupervised
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
-    if args.suite == "mobilenet" and not WEIGHTS.is_file():
+    if args.suite != "fast" and not WEIGHTS.is_file():
         raise SystemExit(f"{WEIGHTS} is absent: this benchmark needs the ImageNet MobileNetV2 weights in "
                          "../shared/weights (see its README); nothing was measured.")
     json_path, runs_path = args.out / "quality.json", args.out / "quality_runs.json"
@@ -324,6 +337,8 @@ def main(argv=None):
         if args.suite == "fast":
             for _ in quality_fast.run_dataset(name, data_path(name), args, records, runs, provenance(command)):
                 save()
+        elif args.suite == "unsupervised":
+            quality_unsupervised.run_dataset(name, args, records, runs, provenance(command))
         else:
             run_dataset(name, args, records, runs, provenance(command))
         save()

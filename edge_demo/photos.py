@@ -26,13 +26,11 @@ import numpy as np
 from PIL import Image
 
 from mghash_tf.core import granularity as granularity_lib
-from mghash_tf.core.images import RESAMPLE, PixelBudgetError, decode_files, decode_image
+from mghash_tf.core.images import IMAGE_SUFFIXES, RESAMPLE, PixelBudgetError, decode_files, decode_image
 from mghash_tf.core.index import HammingIndex
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
-                            ".ppm", ".pgm", ".pbm"})
 # Files decoded (in threads) and encoded per step: bounds memory and paces the progress callback.
 CHUNK = 64
 

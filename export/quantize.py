@@ -36,10 +36,11 @@ def check_images(images, input_size: int) -> np.ndarray:
 
 
 def representative_images(spec, count: int, input_size: int, *, seed: int = 0) -> np.ndarray:
-    """``count`` images drawn (seeded) from the training split of a data spec (``npz:PATH``...)."""
+    """``count`` images drawn (seeded) from the training split of a data spec (``npz:PATH``...).
+    Calibration needs pixels only, so a folder is read without labels (any nesting)."""
     from mghash_tf.data import load_source
 
-    return representative_images_from(load_source(spec, image_size=input_size), count, input_size,
+    return representative_images_from(load_source(spec, image_size=input_size, labels="none"), count, input_size,
                                       seed=seed)
 
 

@@ -45,7 +45,11 @@ def cmd_train(args) -> int:
 
     config = config_from_args(args)
     result = train(config, args.out, verbose=args.progress)
-    _print_maps("validation", result.metrics["val"])
+    if result.metrics["labels"] == "none":
+        print("trained without labels (labels=none): the codes follow the pretrained backbone's similarities "
+              "and stay stable under flips" + ("" if "val" in result.metrics else "; no labels, so no mAP"))
+    if "val" in result.metrics:
+        _print_maps("validation", result.metrics["val"])
     if "test" in result.metrics:
         _print_maps("test", result.metrics["test"])
     print(f"model: {result.out_dir / 'model.keras'}")

@@ -109,17 +109,6 @@ def test_config_refuses_stage1_cache_without_pretrained_weights():
         TrainConfig(stage1_cache="all", weights="w.h5")
 
 
-@pytest.fixture(scope="module")
-def mobilenet_weights(tmp_path_factory):
-    """A weights file for MobileNetV2 (random values: the test is about the plumbing)."""
-    import keras
-
-    path = tmp_path_factory.mktemp("weights") / "mobilenet_v2_random.weights.h5"
-    keras.utils.set_random_seed(0)
-    keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False, weights=None).save_weights(str(path))
-    return str(path)
-
-
 def test_train_with_stage1_cache_writes_the_usual_outputs(tmp_path, mobilenet_weights):
     import csv
     import json

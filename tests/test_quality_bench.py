@@ -100,3 +100,20 @@ def test_quick_run_on_the_shared_data(tmp_path, shared_dir):
     runs = json.loads((tmp_path / "quality_runs.json").read_text())
     assert runs[0]["train_seconds"] > 0 and runs[0]["best_epoch"] >= 1 and runs[0]["suite"] == "mobilenet"
     assert (tmp_path / "quality.png").is_file() and (tmp_path / "models" / "tinyimagenet200_mg64" / "model.keras").is_file()
+
+
+def test_unsupervised_suite_rows_and_runs_are_reported():
+    rows = [dict(r, suite="unsupervised", method="mghash_unsupervised" if r["method"] == "mghash" else r["method"])
+            for r in _records()]
+    runs = [{"dataset": "toy", "suite": "unsupervised", "layout": "plain16", "epochs": 3, "best_epoch": None,
+             "best_val_map_fine": None, "train_seconds": 60.0, "train_images_per_second": 500.0},
+            {"dataset": "toy", "suite": "unsupervised", "command": "python benchmarks/quality.py --suite unsupervised",
+             "date": "d", "machine": "m", "wall_seconds": 60.0}]
+    text = quality.markdown(rows, runs)
+    assert "## Label-free codes" in text and "last epoch kept (no labels)" in text
+    assert "| toy | fine | plain16 | 16 | mghash_unsupervised | model |" in text
+    args = quality.parse_args(["--suite", "unsupervised", "--train-stages", "0", "--fit-max", "100"])
+    import quality_unsupervised
+
+    config = quality_unsupervised.config_for(args, "plain64")
+    assert config.labels == "none" and config.stage1_cache == "heads" and config.finetune_epochs == 0

@@ -23,6 +23,9 @@ from mghash_tf.core.budget import Budget
 
 # Pillow's bicubic resize widens its kernel when shrinking, so it also anti-aliases photos.
 RESAMPLE = Image.Resampling.BICUBIC
+# What counts as a photo when a folder is read by file name (device indexing, unlabelled folders).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+                            ".ppm", ".pgm", ".pbm"})
 # The pixel budget: decoded pixels held at once by all the decodes of a process; a file that
 # alone needs more is refused (PixelBudgetError). Pillow keeps RGB, RGBA, CMYK and 32-bit pixels in
 # 4 bytes (L and P in 1), so that is <= 256 MB: a 1 GB Raspberry Pi keeps room for the interpreter,

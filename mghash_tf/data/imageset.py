@@ -25,7 +25,8 @@ class ImageSet:
 
     ``y_coarse`` defaults to ``y_fine`` (a one-level source); ``split`` is 0 = train, 1 = test,
     or None; ``paths`` names each image's file when known; ``skipped`` holds ``(path, reason)``
-    for the files a folder source could not read.
+    for the files a folder source could not read. ``labelled`` False: the source has no labels
+    (an unlabelled folder); ``y_fine`` is then all 0 and means nothing.
     """
 
     x: np.ndarray
@@ -36,6 +37,7 @@ class ImageSet:
     class_names_coarse: tuple = ()
     paths: tuple | None = None
     skipped: tuple = ()
+    labelled: bool = True
 
     def __post_init__(self):
         x = np.asarray(self.x)
@@ -50,7 +52,8 @@ class ImageSet:
                         else _class_names("class_names_coarse", self.class_names_coarse, y_coarse))
         fields = {"x": x, "y_fine": y_fine, "y_coarse": y_coarse, "split": _split_array(self.split, len(x)),
                   "class_names_fine": names_fine, "class_names_coarse": names_coarse,
-                  "paths": _paths(self.paths, len(x)), "skipped": tuple(tuple(s) for s in self.skipped)}
+                  "paths": _paths(self.paths, len(x)), "skipped": tuple(tuple(s) for s in self.skipped),
+                  "labelled": bool(self.labelled)}
         for name, value in fields.items():
             object.__setattr__(self, name, value)
 
@@ -127,7 +130,7 @@ def demo_data_path() -> Path:
 
 
 def load_source(spec, *, image_size: int | None = None, download: bool = False,
-                data_dir=None, cache_dir=None) -> ImageSet:
+                data_dir=None, cache_dir=None, labels: str = "auto") -> ImageSet:
     """Load ``npz:PATH``, ``folder:PATH`` or ``tfds:NAME[:SPLIT]`` as an ``ImageSet``.
 
     Args:
@@ -138,6 +141,9 @@ def load_source(spec, *, image_size: int | None = None, download: bool = False,
         data_dir: tfds only: where prepared datasets live (tfds' own default when None).
         cache_dir: npz only: where decoded pixels of large LZMA/deflate files are cached as
             ``.npy`` (``data_sources.default_cache_dir()`` when None; False: no cache).
+        labels: folders only: ``"auto"`` reads class folders as labels, unless image files lie
+            directly in the folder (``data_sources.read_folder``'s rule); ``"none"`` reads every
+            image under it, at any depth, without labels.
     """
     if not isinstance(spec, (str, os.PathLike)):
         raise TypeError(f"`spec` must be a str such as 'npz:PATH'. Received: spec={spec!r}")
@@ -147,7 +153,7 @@ def load_source(spec, *, image_size: int | None = None, download: bool = False,
         kind, rest = _infer_kind(spec), spec
     image_size = check_image_size(image_size, required=(kind == "folder"))
     if kind == "folder":
-        return ImageSet(**data_sources.read_folder(rest, image_size=image_size))
+        return ImageSet(**data_sources.read_folder(rest, image_size=image_size, labels=labels))
     if kind == "tfds":
         return ImageSet(**data_sources.read_tfds(rest, image_size=image_size, download=download,
                                                  data_dir=data_dir))

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from mghash_tf.core.files import atomic_open
-from mghash_tf.core.images import decode_files, decode_image, resize_images
+from mghash_tf.core.images import IMAGE_SUFFIXES, decode_files, decode_image, resize_images
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,8 @@ def _cached(npz, path, cache_dir):
 def write_npz(path, fields: dict, *, jpeg_quality: int | None = None) -> None:
     """Write ImageSet fields in the npz format ``read_npz`` reads; pixels raw, or as JPEG when
     ``jpeg_quality`` is given (lossy; CIFAR-10 at quality 75: ~0.3 KB per image against ~2.7 KB raw)."""
-    arrays = {k: np.asarray(v) for k, v in fields.items() if k not in ("x", "skipped") and v is not None}
+    arrays = {k: np.asarray(v) for k, v in fields.items()
+              if k not in ("x", "skipped", "labelled") and v is not None}
     x = fields["x"]
     if jpeg_quality is None:
         arrays["x"] = x
@@ -149,7 +150,8 @@ def _files_under(folder: Path):
 # them out: ROOT/<split>/<class>/... or ROOT/<split>/<coarse>/<fine>/...
 SPLIT_FOLDERS = {"train": 0, "test": 1, "val": 2, "validation": 2}
 LAYOUTS_HELP = ("root/<class>/*.jpg, root/<coarse>/<fine>/*.jpg, or either one under split folders "
-                "root/train/..., root/test/..., root/val/...")
+                "root/train/..., root/test/..., root/val/...; photos without classes: train with --labels none "
+                "(every image under root, at any depth)")
 
 
 def _subdirs(folder: Path):
@@ -198,12 +200,30 @@ def _split_folders(root: Path) -> list:
     return list(zip(codes, named))
 
 
-def read_folder(root, *, image_size: int) -> dict:
+FOLDER_LABELS = ("auto", "none")
+UNLABELLED_RULE = ("image files lie directly in the folder, so it is read as unlabelled photos: every image "
+                   "under it, at any depth, without labels (class folders would hold them all)")
+
+
+def read_folder(root, *, image_size: int, labels: str = "auto") -> dict:
     """``root/<class>/*`` (one level) or ``root/<coarse>/<fine>/*`` (two levels), either one
-    directly or under split folders ``train`` / ``test`` / ``val`` (``validation``): split 0, 1, 2."""
+    directly or under split folders ``train`` / ``test`` / ``val`` (``validation``): split 0, 1, 2.
+
+    Without labels (``labels="none"``, or ``"auto"`` when image files lie directly in ``root``,
+    which no class layout has): every image file under ``root`` at any depth, all with label 0
+    and ``labelled=False``; the automatic switch is logged as a warning that states the rule."""
     root = Path(root)
+    if labels not in FOLDER_LABELS:
+        raise ValueError(f"`labels` must be one of {FOLDER_LABELS}. Received: labels={labels!r}")
     if not root.is_dir():
         raise FileNotFoundError(f"folder source not found: {root}")
+    if labels == "none":
+        return read_unlabelled_folder(root, image_size=image_size)
+    loose = _image_files(_visible(p for p in root.iterdir() if p.is_file()))
+    if loose:
+        logger.warning("folder source %s: %s (e.g. %s); training then needs no labels", root, UNLABELLED_RULE,
+                       loose[0].name)
+        return read_unlabelled_folder(root, image_size=image_size)
     splits = _split_folders(root) or [(None, root)]
     groups, skipped, total = [], [], 0
     for code, folder in splits:
@@ -226,6 +246,25 @@ def read_folder(root, *, image_size: int) -> dict:
         raise ValueError(f"folder source {root} needs at least two class folders with readable images. "
                          f"Received: {sorted({f for _, f, _, _ in groups})}; accepted layouts: {LAYOUTS_HELP}")
     return _folder_fields(groups, skipped, has_split=splits[0][0] is not None)
+
+
+def _image_files(paths) -> list:
+    return [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES]
+
+
+def read_unlabelled_folder(root, *, image_size: int) -> dict:
+    """Every image file (by suffix) under ``root`` at any depth, in path order, label 0 each."""
+    root = Path(root)
+    files = _image_files(_files_under(root))
+    arrays, bad = decode_files(files, image_size)
+    _warn_skipped(f"folder source {root}", bad, len(files))
+    kept = [(str(p), a) for p, a in zip(files, arrays) if a is not None]
+    if not kept:
+        raise ValueError(f"folder source {root} holds no readable image file (suffixes {sorted(IMAGE_SUFFIXES)}) "
+                         "at any depth")
+    return {"x": np.stack([a for _, a in kept]), "y_fine": np.zeros(len(kept), np.int32),
+            "class_names_fine": ("unlabelled",), "paths": tuple(p for p, _ in kept), "skipped": tuple(bad),
+            "labelled": False}
 
 
 def _folder_fields(groups, skipped, *, has_split: bool):

@@ -115,15 +115,19 @@ def _rank_metrics(report) -> dict:
     return {key: report[key] for key in keys}
 
 
-def baseline_metrics(q_feat, db_feat, ql, dl, num_bits: int, *, seed: int = 0) -> dict:
-    """LSH, PCA-sign, ITQ at ``num_bits`` and float cosine on the same features."""
+def baseline_metrics(q_feat, db_feat, ql, dl, num_bits: int, *, seed: int = 0, fit_max=None) -> dict:
+    """LSH, PCA-sign, ITQ at ``num_bits`` and float cosine on the same features. ``fit_max``:
+    fit the hashers on a seeded sample of that many database rows (memory), encode them all."""
     from mghash_tf.evaluation import baselines
 
     out = {}
+    fit_feat = db_feat
+    if fit_max is not None and fit_max < len(db_feat):
+        fit_feat = db_feat[np.sort(np.random.default_rng(seed).choice(len(db_feat), fit_max, replace=False))]
     for name, hasher in (("lsh", baselines.LSH(num_bits, seed=seed)), ("pca", baselines.PCASign(num_bits)),
                          ("itq", baselines.ITQ(num_bits, seed=seed))):
         try:
-            hasher.fit(db_feat)
+            hasher.fit(fit_feat)
         except ValueError as e:
             # PCA-based hashers need num_bits <= feature dimension; say so instead of failing.
             logger.warning("%s skipped: %s", name, e)

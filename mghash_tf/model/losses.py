@@ -21,7 +21,7 @@ def similarity_matrix(labels):
     return ops.cast(ops.matmul(multi, ops.transpose(multi)) > 0, "float32")
 
 
-def _off_diagonal_mean(values):
+def off_diagonal_mean(values):
     b = ops.shape(values)[0]
     mask = 1.0 - ops.eye(b, dtype=values.dtype)
     return ops.sum(values * mask) / ops.maximum(ops.sum(mask), 1.0)
@@ -43,7 +43,7 @@ def pairwise_margin_loss(h, similarity, *, margin=0.5):
     h = ops.cast(h, "float32")
     d = squared_distances(h) / (4.0 * h.shape[-1])
     s = ops.cast(similarity, "float32")
-    return _off_diagonal_mean(s * d + (1.0 - s) * ops.relu(margin - d))
+    return off_diagonal_mean(s * d + (1.0 - s) * ops.relu(margin - d))
 
 
 def dpsh_loss(h, similarity, *, scale=None):
@@ -58,7 +58,7 @@ def dpsh_loss(h, similarity, *, scale=None):
     theta = scale * ops.matmul(h, ops.transpose(h))
     s = ops.cast(similarity, "float32")
     # softplus(t) - t == softplus(-t): the same value without cancellation in float32.
-    return _off_diagonal_mean(ops.softplus((1.0 - 2.0 * s) * theta))
+    return off_diagonal_mean(ops.softplus((1.0 - 2.0 * s) * theta))
 
 
 def quantization_loss(h):

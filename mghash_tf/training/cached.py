@@ -83,6 +83,15 @@ def split_model(model: keras.Model, *, train_stages: int = 0) -> SplitModel:
     return SplitModel(trunk, head, features, tail)
 
 
+def unfreeze_tail(split: SplitModel) -> None:
+    """The backbone stages behind the cut train, their BatchNorm statistics stay frozen."""
+    if split.tail is not None:
+        split.tail.trainable = True
+        for layer in split.tail.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+
+
 def extract(trunk: keras.Model, images, *, views=("identity",), batch_size: int = 256,
             dtype="float16") -> tuple:
     """Run the trunk once per view. Returns ``(cached, gap)``: ``cached`` is a list of arrays
@@ -108,12 +117,18 @@ def extract(trunk: keras.Model, images, *, views=("identity",), batch_size: int 
 
 
 class CachedBatches(keras.utils.PyDataset):
-    """Shuffled batches of cached arrays (one random view per item per epoch) with (B, 2) labels."""
+    """Shuffled batches of cached arrays (one random view per item per epoch) with (B, 2) labels
+    (or, in a subclass, other per-item targets of ``label_dtype``)."""
+
+    label_dtype = "int32"
 
     def __init__(self, cached, labels, *, batch_size: int, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.cached = cached
-        self.labels = np.asarray(labels, dtype="int32")
+        self.labels = np.asarray(labels, dtype=self.label_dtype)
+        if len(self.labels) != cached[0].shape[1]:
+            raise ValueError(f"`labels` must have one row per cached item. Received: {len(self.labels)} rows "
+                             f"for {cached[0].shape[1]} items")
         self.batch_size = batch_size
         self.rng = np.random.default_rng(seed)
         self.num_views, self.n = cached[0].shape[:2]
@@ -152,11 +167,7 @@ def train_head(split: SplitModel, train_cached, train_labels, val_cached, val_la
     the largest label + 1 per level. The best epoch's weights are restored at the end (kept in
     ``out/best.weights.h5`` as ``model``'s weights when ``out`` is given, else in memory).
     Returns the history and the best epoch."""
-    if split.tail is not None:
-        split.tail.trainable = True
-        for layer in split.tail.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.trainable = False
+    unfreeze_tail(split)
     head = split.head
     layout = get_layout_of(head)
     labels = np.asarray(train_labels)

@@ -33,6 +33,7 @@ RECIPES = {
 }
 STRATEGIES = ("default", "mirrored", "multi_worker")
 STAGE1_CACHE = ("none", "heads", "last_stage", "last_two_stages")
+LABELS = ("auto", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,16 @@ class TrainConfig:
     epoch is kept. ``quantization_weight_final``: the quantisation weight rises from
     ``quantization_weight`` to it over each stage (late: ``progress**3``); None keeps it fixed.
     ``bias_lr_scale`` (SGD): rate multiplier of the BatchNorm offsets.
+
+    ``labels``: ``"auto"`` trains with the data's labels, except on a folder source with image
+    files directly in its root (read without labels, :func:`mghash_tf.data.sources.read_folder`),
+    which switches to ``"none"`` with a logged warning. ``"none"`` trains without labels
+    (:mod:`mghash_tf.training.unsupervised`: ``unsupervised_loss`` terms from ``contrastive`` and
+    ``affinity``, NT-Xent at ``contrastive_temperature`` between two views with
+    ``feature_dropout``, ``affinity_weight``; ``loss`` is then unused): it needs a pretrained
+    backbone (``weights``) and ``stage1_cache``, and no ``finetune_epochs`` (fine-tuning reads
+    labels). Labels the data has are then used only to report validation and test mAP, never
+    to choose a checkpoint: the last epoch is the model.
     """
 
     data: str = "demo"
@@ -101,6 +112,11 @@ class TrainConfig:
     jit_compile: bool = False
     tensorboard: bool = False
     stage1_cache: str = "none"
+    labels: str = "auto"
+    unsupervised_loss: str = "contrastive+affinity"
+    contrastive_temperature: float = 0.5
+    affinity_weight: float = 1.0
+    feature_dropout: float = 0.2
 
     def __post_init__(self):
         from mghash_tf.model.backbones import backbone_names  # Keras: only when a config is made
@@ -136,6 +152,7 @@ class TrainConfig:
             raise ValueError("`stage1_cache` needs a pretrained backbone (`weights`): without one, "
                              f"stage 1 trains every layer. Received: stage1_cache={self.stage1_cache!r}, "
                              "weights=None")
+        self._check_labels()
         get_layout(self.layout)
         for name in ("image_size", "batch_size", "val_every"):
             _check_int(name, getattr(self, name), minimum=1)
@@ -153,6 +170,28 @@ class TrainConfig:
         for name in ("learning_rate", "finetune_learning_rate"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"`{name}` must be > 0. Received: {name}={getattr(self, name)}")
+
+    def _check_labels(self):
+        from mghash_tf.model.unsupervised_loss import parse_unsupervised_terms
+
+        _check_choice("labels", self.labels, LABELS)
+        parse_unsupervised_terms(self.unsupervised_loss)
+        if not self.contrastive_temperature > 0:
+            raise ValueError("`contrastive_temperature` must be > 0. "
+                             f"Received: contrastive_temperature={self.contrastive_temperature}")
+        if not self.affinity_weight >= 0:
+            raise ValueError(f"`affinity_weight` must be >= 0. Received: affinity_weight={self.affinity_weight}")
+        if not 0.0 <= self.feature_dropout < 1.0:
+            raise ValueError(f"`feature_dropout` must be in [0, 1). Received: feature_dropout={self.feature_dropout}")
+        if self.labels != "none":
+            return
+        if self.weights is None or self.stage1_cache == "none":
+            raise ValueError("`labels='none'` trains the hash head on a pretrained backbone's cached trunk: it "
+                             "needs `weights` (e.g. imagenet) and `stage1_cache` ('heads' or 'last_stage'). "
+                             f"Received: weights={self.weights!r}, stage1_cache={self.stage1_cache!r}")
+        if self.finetune_epochs:
+            raise ValueError("`labels='none'` has no end-to-end stage (it trains on labels): set "
+                             f"finetune_epochs=0. Received: finetune_epochs={self.finetune_epochs}")
 
     @classmethod
     def preset(cls, recipe: str, **overrides) -> "TrainConfig":

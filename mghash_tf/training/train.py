@@ -23,6 +23,7 @@ import keras
 import numpy as np
 
 from mghash_tf import data as data_lib
+from mghash_tf.data.sources import UNLABELLED_RULE
 from mghash_tf.training.config import TrainConfig
 from mghash_tf.evaluation.retrieval import evaluate_codes
 from mghash_tf.model import build_model, get_layout_of
@@ -32,6 +33,7 @@ from mghash_tf.model.fast_cnn import init_whitening
 from mghash_tf.training import checkpoints, multi_worker, precision
 from mghash_tf.training.cached import run_cached
 from mghash_tf.training.stages import Stage, StageContext, run_full
+from mghash_tf.training.unsupervised import run_unsupervised
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ class Splits:
     val: object
     test: object | None
     has_coarse: bool
+    labelled: bool = True
 
 
 @dataclasses.dataclass
@@ -58,7 +61,7 @@ def load_splits(config: TrainConfig, image_set=None) -> Splits:
     if image_set is None:
         spec = f"npz:{data_lib.demo_data_path()}" if config.data == "demo" else config.data
         image_set = data_lib.load_source(spec, image_size=config.input_size or config.image_size,
-                                         download=config.download)
+                                         download=config.download, labels=config.labels)
     if config.test_fraction is not None:
         image_set = data_lib.with_test_split(image_set, config.test_fraction, seed=config.seed)
     split = image_set.split if image_set.split is not None else np.zeros(len(image_set.y_fine), np.uint8)
@@ -68,9 +71,11 @@ def load_splits(config: TrainConfig, image_set=None) -> Splits:
     if config.max_train and config.max_train < len(train_all.y_fine):
         train_all = train_all.subset(np.sort(rng.choice(len(train_all.y_fine), config.max_train, replace=False)))
     if (split == 2).any():
-        return Splits(train_all, image_set.subset(np.flatnonzero(split == 2)), test, image_set.has_coarse)
+        return Splits(train_all, image_set.subset(np.flatnonzero(split == 2)), test, image_set.has_coarse,
+                      image_set.labelled)
     train_idx, val_idx = data_lib.train_val_split(train_all, val_fraction=config.val_fraction, seed=config.seed)
-    return Splits(train_all.subset(train_idx), train_all.subset(val_idx), test, image_set.has_coarse)
+    return Splits(train_all.subset(train_idx), train_all.subset(val_idx), test, image_set.has_coarse,
+                  image_set.labelled)
 
 
 def _strategy(name: str):
@@ -85,8 +90,26 @@ def _strategy(name: str):
 
 
 def runner_for(stage: Stage, config):
-    """The cached-trunk runner for stage 1 with ``config.stage1_cache``, else the full model."""
+    """Stage 1: the label-free runner with ``config.labels="none"``, the cached-trunk runner with
+    ``config.stage1_cache``; else the full model."""
+    if stage.number == 1 and config.labels == "none":
+        return run_unsupervised
     return run_cached if stage.number == 1 and config.stage1_cache != "none" else run_full
+
+
+def without_labels(config: TrainConfig, splits: Splits) -> TrainConfig:
+    """``config`` with ``labels="none"`` when ``labels="auto"`` met data without labels (the
+    folder rule of :func:`mghash_tf.data.sources.read_folder`), with a warning; else ``config``."""
+    if splits.labelled or config.labels == "none":
+        return config
+    try:
+        config = config.replace(labels="none")
+    except ValueError as e:
+        raise ValueError(f"The data has no labels ({UNLABELLED_RULE}), so training runs "
+                         f"without them (labels='none'), and: {e}") from e
+    logger.warning("the data has no labels (%s): training without labels (labels='none', %s)",
+                   UNLABELLED_RULE, config.unsupervised_loss)
+    return config
 
 
 def stages_of(config: TrainConfig) -> list:
@@ -128,6 +151,8 @@ def _train(config: TrainConfig, out: Path, strategy, *, image_set, verbose) -> T
     config.to_json(out / "config.json")
     keras.utils.set_random_seed(config.seed)
     splits = load_splits(config, image_set)
+    config = without_labels(config, splits)
+    config.to_json(out / "config.json")
     logger.info("train %d, val %d, test %d", len(splits.train.y_fine), len(splits.val.y_fine),
                 0 if splits.test is None else len(splits.test.y_fine))
     model = _build(config, strategy)
@@ -154,6 +179,7 @@ def _train(config: TrainConfig, out: Path, strategy, *, image_set, verbose) -> T
     model = precision.float32_twin(model, lambda: build_model(**_model_args(config)))
     save_model_atomic(model, out / "model.keras")
     metrics = _final_metrics(model, splits, history, rates, train_seconds, tta=config.tta)
+    metrics["labels"] = config.labels
     metrics["mixed_precision"] = precision.resolve(config.mixed_precision) or "float32"
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return TrainResult(model, metrics, out)
@@ -177,16 +203,20 @@ def _final_metrics(model, splits: Splits, history, rates, seconds, *, tta: bool 
     def encode(images):
         return encode_images(model, images, tta=tta)
 
-    db = encode(splits.train.x)
     metrics = {
-        "protocol_val": "query = validation split carved from train, database = train minus validation",
         "tta": tta,
-        "val": evaluate_codes(encode(splits.val.x), db, splits.val.labels, splits.train.labels,
-                              layout, has_coarse=splits.has_coarse),
         "train_seconds": round(seconds, 1),
         "train_images_per_second": round(float(np.median(rates)), 1) if rates else None,
         "history": {k: [float(v) for v in vals] for k, vals in history.items()},
     }
+    if not splits.labelled:  # nothing to measure against
+        return metrics
+    db = encode(splits.train.x)
+    metrics.update({
+        "protocol_val": "query = validation split carved from train, database = train minus validation",
+        "val": evaluate_codes(encode(splits.val.x), db, splits.val.labels, splits.train.labels,
+                              layout, has_coarse=splits.has_coarse),
+    })
     if splits.test is not None:
         metrics["protocol_test"] = "query = test split, database = train minus validation, mAP@all"
         metrics["test"] = evaluate_codes(encode(splits.test.x), db, splits.test.labels,

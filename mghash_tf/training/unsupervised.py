@@ -1,0 +1,115 @@
+"""Label-free stage 1 on the cached trunk (``TrainConfig.labels="none"``).
+
+The frozen trunk runs once over the training images as themselves and mirrored
+(:func:`mghash_tf.training.cached.extract`), which also gives the frozen backbone's global-average
+features. Each step then takes two views of every item of a batch (its two cached versions in a
+random order, each with its own random feature dropout: a cheap feature-level augmentation
+that a mirror alone is too weak to replace) and fits the head (and with ``last_stage`` the
+backbone's last stage) to :class:`~mghash_tf.model.unsupervised_loss.UnsupervisedHashingLoss`:
+NT-Xent between the two views' codes, plus code inner products following the cosines of the
+frozen features, centred on the training mean.
+
+No label is read. Without labels there is no validation mAP to select a checkpoint by, so the
+last epoch is the model; log.csv has the loss per epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import keras
+import numpy as np
+
+from mghash_tf.model import get_layout_of
+from mghash_tf.model.unsupervised_loss import UnsupervisedHashingLoss
+from mghash_tf.training.cached import CachedBatches, extract, split_model, unfreeze_tail
+from mghash_tf.training.checkpoints import LOG
+from mghash_tf.training.config import STAGE1_CACHE
+from mghash_tf.training.optimizers import make_optimizer
+from mghash_tf.training.stages import StageOutcome
+
+logger = logging.getLogger(__name__)
+VIEWS = ("identity", "hflip")
+
+
+class PairBatches(CachedBatches):
+    """Shuffled batches ``(view-1 arrays + view-2 arrays, targets)`` of cached arrays
+    ``(V, N, ...)``: per item, the two views are its cached versions in random order (the same
+    one twice when V = 1), each times its own inverted-dropout mask."""
+
+    label_dtype = "float32"
+
+    def __init__(self, cached, targets, *, batch_size: int, dropout: float = 0.0, seed: int = 0, **kwargs):
+        super().__init__(cached, targets, batch_size=batch_size, seed=seed, **kwargs)
+        self.dropout = float(dropout)
+
+    def _view(self, view, idx):
+        out = []
+        for a in self.cached:
+            x = a[view, idx].astype("float32")
+            if self.dropout:
+                x *= (self.rng.random(x.shape, dtype="float32") >= self.dropout) / (1.0 - self.dropout)
+            out.append(x)
+        return out
+
+    def __getitem__(self, i):
+        idx = np.sort(self.order[i * self.batch_size:(i + 1) * self.batch_size])
+        first = self.view[idx]
+        second = (first + 1) % self.num_views
+        return tuple(self._view(first, idx) + self._view(second, idx)), self.labels[idx]
+
+
+def pair_model(head: keras.Model) -> keras.Model:
+    """Two views' cached arrays -> (B, 2K): the head's codes of view 1, then view 2 (shared weights)."""
+    views = [[keras.Input(t.shape[1:], name=f"view{v}_{i}") for i, t in enumerate(head.inputs)] for v in (1, 2)]
+    codes = [head(list(inputs)) for inputs in views]
+    return keras.Model(views[0] + views[1], keras.layers.Concatenate(axis=-1)(codes), name="pair")
+
+
+def affinity_targets(gap: np.ndarray) -> np.ndarray:
+    """Frozen global-average features (N, C) centred on their mean, float32 (the loss makes rows unit)."""
+    gap = np.asarray(gap, dtype="float32")
+    return gap - gap.mean(axis=0, keepdims=True)
+
+
+def unsupervised_loss(head: keras.Model, config) -> UnsupervisedHashingLoss:
+    return UnsupervisedHashingLoss(get_layout_of(head).to_dict(), loss=config.unsupervised_loss,
+                                   temperature=config.contrastive_temperature,
+                                   affinity_weight=config.affinity_weight,
+                                   quantization_weight=config.quantization_weight,
+                                   balance_weight=config.balance_weight)
+
+
+def train_unsupervised_head(split, cached, targets, config, *, callbacks=(), verbose="auto") -> dict:
+    """Fit ``split.head`` (so the full model) without labels for ``config.frozen_epochs``."""
+    unfreeze_tail(split)
+    pair = pair_model(split.head)
+    batches = PairBatches(cached, targets, batch_size=config.batch_size, dropout=config.feature_dropout,
+                          seed=config.seed)
+    if len(batches) < 1:
+        raise ValueError(f"label-free training needs at least `batch_size` training images. "
+                         f"Received: {batches.n} images, batch_size={config.batch_size}")
+    pair.compile(optimizer=make_optimizer(config, learning_rate=config.learning_rate,
+                                          steps=len(batches) * config.frozen_epochs),
+                 loss=unsupervised_loss(split.head, config))
+    start = time.perf_counter()
+    history = pair.fit(batches, epochs=config.frozen_epochs, callbacks=list(callbacks), verbose=verbose)
+    seconds = time.perf_counter() - start
+    return {"history": history.history, "seconds": seconds,
+            "items_per_second": len(batches) * config.batch_size * config.frozen_epochs / seconds}
+
+
+def run_unsupervised(model: keras.Model, stage, ctx) -> StageOutcome:
+    """Stage 1 without labels, behind the stage interface of :mod:`mghash_tf.training.stages`."""
+    config = ctx.config
+    split = split_model(model, train_stages=STAGE1_CACHE.index(config.stage1_cache) - 1)
+    views = VIEWS if config.augment else VIEWS[:1]
+    cached, gap = extract(split.trunk, ctx.splits.train.x, views=views)
+    targets = affinity_targets(gap[0])
+    del gap
+    result = train_unsupervised_head(split, cached, targets, config, verbose=ctx.verbose,
+                                     callbacks=[keras.callbacks.CSVLogger(str(ctx.out / LOG), append=True)])
+    logger.info("label-free stage 1: %d epochs in %.0f s (%.0f items/s)", config.frozen_epochs, result["seconds"],
+                result["items_per_second"])
+    return StageOutcome(result["history"], [result["items_per_second"]])
