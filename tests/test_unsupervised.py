@@ -162,3 +162,32 @@ def test_label_free_training_beats_the_untrained_head_on_hidden_clusters():
     after = hidden_label_map()
     assert result["history"]["loss"][-1] < result["history"]["loss"][0]
     assert after > before + 0.1, (before, after)
+
+
+def test_centred_start_gives_unit_pre_activations_and_unsaturated_codes():
+    import keras
+
+    from mghash_tf.core.layout import STAGES
+    from mghash_tf.model import build_model
+    from mghash_tf.training import cached, unsupervised
+
+    keras.utils.set_random_seed(4)
+    model = build_model(backbone="small_cnn", layout="mg64", image_size=32)
+    split = cached.split_model(model)
+    x, _ = _clusters(n_per=32)
+    arrays, _ = cached.extract(split.trunk, x, views=("identity",))
+    unsupervised.centre_hash_projections(model, split, arrays, sample=len(x))
+    feats = cached.predict_cached(split.features, arrays)
+    widths = [int(t.shape[-1]) for t in model.get_layer("backbone").outputs]
+    bounds = np.cumsum([0] + widths)
+    head = model.get_layer("hash_head")
+    for seg, dense in zip(head._segments, head.projections):
+        # Brute force: the segment's input by slicing the concatenated pooled features by stage.
+        seg_x = np.concatenate([feats[:, bounds[STAGES.index(s)]:bounds[STAGES.index(s) + 1]] for s in seg.stages], 1)
+        kernel, bias = dense.get_weights()
+        pre = seg_x.astype("float64") @ kernel + bias
+        np.testing.assert_allclose(pre.mean(axis=0), 0.0, atol=1e-3)
+        np.testing.assert_allclose(pre.std(axis=0), 1.0, rtol=1e-3)
+    codes = cached.predict_cached(split.head, arrays)
+    assert np.mean(np.abs(codes) > 0.99) < 0.05
+    assert np.all(np.abs(np.sign(codes).mean(axis=0)) < 0.9)  # no bit is constant over the images

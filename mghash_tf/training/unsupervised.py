@@ -21,9 +21,10 @@ import time
 import keras
 import numpy as np
 
-from mghash_tf.model import get_layout_of
+from mghash_tf.core.layout import STAGES, get_layout
+from mghash_tf.model import BACKBONE_LAYER, get_layout_of
 from mghash_tf.model.unsupervised_loss import UnsupervisedHashingLoss
-from mghash_tf.training.cached import CachedBatches, extract, split_model, unfreeze_tail
+from mghash_tf.training.cached import CachedBatches, extract, predict_cached, split_model, unfreeze_tail
 from mghash_tf.training.checkpoints import LOG
 from mghash_tf.training.config import STAGE1_CACHE
 from mghash_tf.training.optimizers import make_optimizer
@@ -73,6 +74,31 @@ def affinity_targets(gap: np.ndarray) -> np.ndarray:
     return gap - gap.mean(axis=0, keepdims=True)
 
 
+def centre_hash_projections(model: keras.Model, split, cached, *, sample: int = 2048, seed: int = 0) -> None:
+    """Data-dependent start for label-free training: rescale each hash projection so that its
+    pre-activations over a sample of the training items have mean 0 and standard deviation 1 per bit.
+
+    Pretrained pooled features are non-negative with a large shared mean, so a freshly
+    initialised projection maps every image to nearly the same saturated tanh code (measured: 98 %
+    of |h| > 0.99, mean cosine between different images' codes 0.91); tanh's gradient is then ~0
+    and no label-free loss can move the codes apart. With labels the class loss pulls them apart
+    anyway; without, this start is what lets training begin."""
+    rng = np.random.default_rng(seed)
+    n = cached[0].shape[1]
+    idx = np.sort(rng.choice(n, min(sample, n), replace=False))
+    feats = predict_cached(split.features, [a[:, idx] for a in cached])
+    widths = [int(t.shape[-1]) for t in model.get_layer(BACKBONE_LAYER).outputs]
+    bounds = np.cumsum([0] + widths)
+    hash_head = model.get_layer("hash_head")
+    for seg, dense in zip(get_layout(hash_head.layout).segments, hash_head.projections):
+        x = np.concatenate([feats[:, bounds[STAGES.index(st)]:bounds[STAGES.index(st) + 1]] for st in seg.stages],
+                           axis=1)
+        kernel, _ = [np.asarray(w, dtype="float64") for w in dense.get_weights()]
+        pre = x @ kernel
+        kernel = kernel / np.maximum(pre.std(axis=0), 1e-6)
+        dense.set_weights([kernel.astype("float32"), (-(x.mean(axis=0) @ kernel)).astype("float32")])
+
+
 def unsupervised_loss(head: keras.Model, config) -> UnsupervisedHashingLoss:
     return UnsupervisedHashingLoss(get_layout_of(head).to_dict(), loss=config.unsupervised_loss,
                                    temperature=config.contrastive_temperature,
@@ -108,6 +134,7 @@ def run_unsupervised(model: keras.Model, stage, ctx) -> StageOutcome:
     cached, gap = extract(split.trunk, ctx.splits.train.x, views=views)
     targets = affinity_targets(gap[0])
     del gap
+    centre_hash_projections(model, split, cached, seed=config.seed)
     result = train_unsupervised_head(split, cached, targets, config, verbose=ctx.verbose,
                                      callbacks=[keras.callbacks.CSVLogger(str(ctx.out / LOG), append=True)])
     logger.info("label-free stage 1: %d epochs in %.0f s (%.0f items/s)", config.frozen_epochs, result["seconds"],
