@@ -84,6 +84,8 @@ def parse_args(argv=None):
                    help="fast suite: any other TrainConfig override, VALUE read as JSON when it parses "
                         "(e.g. --fast-set val_every=5 bias_lr_scale=64)")
     p.add_argument("--temperature", type=float, default=0.5, help="unsupervised suite: NT-Xent temperature")
+    p.add_argument("--unsupervised-loss", default="contrastive",
+                   help="unsupervised suite: terms joined by + from contrastive, affinity")
     p.add_argument("--affinity-weight", type=float, default=1.0, help="unsupervised suite: affinity term weight")
     p.add_argument("--feature-dropout", type=float, default=0.2, help="unsupervised suite: dropout on cached views")
     p.add_argument("--fit-max", type=int, default=20000,

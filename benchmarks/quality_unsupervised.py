@@ -40,7 +40,7 @@ def config_for(args, layout: str):
         backbone="mobilenet_v2", weights=str(WEIGHTS), image_size=args.image_size, input_size=32, layout=layout,
         labels="none", stage1_cache=STAGE1_CACHE[args.train_stages + 1], augment=True,
         frozen_epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        quantization_weight=args.quantization_weight, contrastive_temperature=args.temperature,
+        quantization_weight=args.quantization_weight, contrastive_temperature=args.temperature, unsupervised_loss=args.unsupervised_loss,
         affinity_weight=args.affinity_weight, feature_dropout=args.feature_dropout, seed=args.seed,
         val_fraction=0.05, mixed_precision=args.mixed_precision or "auto")
 

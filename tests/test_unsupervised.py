@@ -48,7 +48,7 @@ def test_loss_object_sums_its_terms():
     # features [3, 4] and [4, 3] (cosine 0.96); no quantisation or balance term.
     h = np.where(np.arange(8) < 4, 1.0, -1.0).astype(np.float32)
     h = np.stack([h, -h])
-    loss = ul.UnsupervisedHashingLoss(8, temperature=0.5, affinity_weight=0.5, quantization_weight=0.0,
+    loss = ul.UnsupervisedHashingLoss(8, loss="contrastive+affinity", temperature=0.5, affinity_weight=0.5, quantization_weight=0.0,
                                       balance_weight=0.0)
     y_pred = np.concatenate([h, h], axis=1)
     features = _np([[3, 4], [4, 3]])
@@ -61,7 +61,7 @@ def test_loss_object_sums_its_terms():
 
 
 def test_config_round_trip_with_the_new_fields(tmp_path):
-    config = TrainConfig(backbone="mobilenet_v2", **UNSUP, unsupervised_loss="contrastive",
+    config = TrainConfig(backbone="mobilenet_v2", **UNSUP, unsupervised_loss="contrastive+affinity",
                          contrastive_temperature=0.3, affinity_weight=2.0, feature_dropout=0.1)
     config.to_json(tmp_path / "c.json")
     assert TrainConfig.from_json(tmp_path / "c.json") == config

@@ -98,7 +98,7 @@ class UnsupervisedHashingLoss(keras.losses.Loss):
         quantization_weight, balance_weight: weights of the regularisers.
     """
 
-    def __init__(self, layout, loss="contrastive+affinity", temperature=0.5, affinity_weight=1.0,
+    def __init__(self, layout, loss="contrastive", temperature=0.5, affinity_weight=1.0,
                  quantization_weight=0.1, balance_weight=0.01, name="unsupervised_hashing_loss", **kwargs):
         super().__init__(name=name, **kwargs)
         self.layout = get_layout(layout).to_dict()

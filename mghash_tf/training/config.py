@@ -113,7 +113,7 @@ class TrainConfig:
     tensorboard: bool = False
     stage1_cache: str = "none"
     labels: str = "auto"
-    unsupervised_loss: str = "contrastive+affinity"
+    unsupervised_loss: str = "contrastive"
     contrastive_temperature: float = 0.5
     affinity_weight: float = 1.0
     feature_dropout: float = 0.2
