@@ -37,11 +37,15 @@ def check_images(images, input_size: int) -> np.ndarray:
 
 def representative_images(spec, count: int, input_size: int, *, seed: int = 0) -> np.ndarray:
     """``count`` images drawn (seeded) from the training split of a data spec (``npz:PATH``...).
-    Calibration needs pixels only, so a folder is read without labels (any nesting)."""
+    Calibration needs pixels only: a folder that is no class layout (e.g. photos sorted into
+    folders of any depth) is read without labels; a split layout keeps its test split out."""
     from mghash_tf.data import load_source
 
-    return representative_images_from(load_source(spec, image_size=input_size, labels="none"), count, input_size,
-                                      seed=seed)
+    try:
+        image_set = load_source(spec, image_size=input_size)
+    except ValueError:
+        image_set = load_source(spec, image_size=input_size, labels="none")
+    return representative_images_from(image_set, count, input_size, seed=seed)
 
 
 def representative_images_from(image_set, count: int, input_size: int, *, seed: int = 0) -> np.ndarray:

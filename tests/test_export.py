@@ -136,6 +136,25 @@ def test_integer_variants_need_representative_images(tmp_path):
         quantize.check_images(np.zeros((2, SIZE, SIZE, 3), np.float32), SIZE)
 
 
+def _flat_png(path, value):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((20, 20, 3), value, np.uint8)).save(path)
+
+
+def test_calibration_from_folders_keeps_the_test_split_out_and_reads_any_depth(tmp_path):
+    for i in range(3):
+        for cls in ("cat", "dog"):
+            _flat_png(tmp_path / "split" / "train" / cls / f"{i}.png", 10)
+            _flat_png(tmp_path / "split" / "test" / cls / f"{i}.png", 200)
+        _flat_png(tmp_path / "photos" / "2023" / "07" / "trip" / f"{i}.png", 50)  # deeper than any class layout
+    images = quantize.representative_images(f"folder:{tmp_path / 'split'}", 10, SIZE)
+    assert images.shape == (6, SIZE, SIZE, 3) and np.all(images == 10)
+    images = quantize.representative_images(f"folder:{tmp_path / 'photos'}", 10, SIZE)
+    assert images.shape == (3, SIZE, SIZE, 3) and np.all(images == 50)
+
+
 def test_cli_convert_and_missing_rep_data(tmp_path, data, capsys):
     from export.__main__ import main
 
