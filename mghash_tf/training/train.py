@@ -148,7 +148,6 @@ def fit_verbosity(verbose="auto"):
 
 def _train(config: TrainConfig, out: Path, strategy, *, image_set, verbose) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
-    config.to_json(out / "config.json")
     keras.utils.set_random_seed(config.seed)
     splits = load_splits(config, image_set)
     config = without_labels(config, splits)
