@@ -87,6 +87,8 @@ def parse_args(argv=None):
     p.add_argument("--unsupervised-loss", default="contrastive",
                    help="unsupervised suite: terms joined by + from contrastive, affinity")
     p.add_argument("--affinity-weight", type=float, default=1.0, help="unsupervised suite: affinity term weight")
+    p.add_argument("--unsupervised-views", type=int, default=2,
+                   help="unsupervised suite: cached views per image (identity, mirror, then seeded augmentations)")
     p.add_argument("--feature-dropout", type=float, default=0.2, help="unsupervised suite: dropout on cached views")
     p.add_argument("--fit-max", type=int, default=20000,
                    help="unsupervised suite: database features the baselines are fitted on (seeded sample)")

@@ -41,7 +41,8 @@ def config_for(args, layout: str):
         labels="none", stage1_cache=STAGE1_CACHE[args.train_stages + 1], augment=True,
         frozen_epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         quantization_weight=args.quantization_weight, contrastive_temperature=args.temperature, unsupervised_loss=args.unsupervised_loss,
-        affinity_weight=args.affinity_weight, feature_dropout=args.feature_dropout, seed=args.seed,
+        affinity_weight=args.affinity_weight, feature_dropout=args.feature_dropout,
+        unsupervised_views=args.unsupervised_views, seed=args.seed,
         val_fraction=0.05, mixed_precision=args.mixed_precision or "auto")
 
 
@@ -52,6 +53,7 @@ def run_dataset(name, args, records, runs, prov):
 
     from mghash_tf.evaluation.evaluate import evaluate, select_granularities
     from mghash_tf.model import get_layout_of
+    from mghash_tf.training.cached import view_names
     from mghash_tf.training.train import train
 
     wall = time.perf_counter()
@@ -65,7 +67,7 @@ def run_dataset(name, args, records, runs, prov):
                     f"training (labels=none: {config.unsupervised_loss}, temperature {config.contrastive_temperature}, "
                     f"affinity weight {config.affinity_weight}, feature dropout {config.feature_dropout}); MobileNetV2 "
                     f"ImageNet @{args.image_size}px from 32 px, cached trunk ({config.stage1_cache}), views "
-                    f"identity+hflip, {args.epochs} epochs, last epoch kept; baselines fitted on "
+                    f"{'+'.join(view_names(config.unsupervised_views))}, {args.epochs} epochs, last epoch kept; baselines fitted on "
                     f"{min(args.fit_max, n_db)} database features")
         base = {"dataset": name, "suite": "unsupervised", "protocol": protocol, "backbone": "mobilenet_v2",
                 "image_size": args.image_size, "layout": layout, "n_query": n_query, "n_database": n_db,

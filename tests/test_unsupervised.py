@@ -62,7 +62,8 @@ def test_loss_object_sums_its_terms():
 
 def test_config_round_trip_with_the_new_fields(tmp_path):
     config = TrainConfig(backbone="mobilenet_v2", **UNSUP, unsupervised_loss="contrastive+affinity",
-                         contrastive_temperature=0.3, affinity_weight=2.0, feature_dropout=0.1)
+                         contrastive_temperature=0.3, affinity_weight=2.0, feature_dropout=0.1,
+                         unsupervised_views=4)
     config.to_json(tmp_path / "c.json")
     assert TrainConfig.from_json(tmp_path / "c.json") == config
     assert TrainConfig().labels == "auto"
@@ -76,6 +77,8 @@ def test_config_round_trip_with_the_new_fields(tmp_path):
     (dict(UNSUP, unsupervised_loss="csq"), r"`unsupervised_loss` must join .*Received: unsupervised_loss='csq'"),
     (dict(UNSUP, contrastive_temperature=0.0), r"Received: contrastive_temperature=0.0"),
     (dict(UNSUP, feature_dropout=1.0), r"Received: feature_dropout=1.0"),
+    (dict(UNSUP, unsupervised_views=0), r"`unsupervised_views` must be .*Received: unsupervised_views=0"),
+    (dict(UNSUP, unsupervised_views=17), r"at most 16. Received: unsupervised_views=17"),
 ])
 def test_config_refuses_bad_values_with_the_rule(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -191,3 +194,44 @@ def test_centred_start_gives_unit_pre_activations_and_unsaturated_codes():
     codes = cached.predict_cached(split.head, arrays)
     assert np.mean(np.abs(codes) > 0.99) < 0.05
     assert np.all(np.abs(np.sign(codes).mean(axis=0)) < 0.9)  # no bit is constant over the images
+
+
+def test_view_names_add_numbered_augmentations():
+    from mghash_tf.training.cached import view_names
+
+    assert view_names(1) == ("identity",)
+    assert view_names(2) == ("identity", "hflip")
+    assert view_names(4) == ("identity", "hflip", "augment_1", "augment_2")
+
+
+def test_augmented_views_are_seeded_per_image_and_stay_in_range():
+    from mghash_tf.training.cached import augment_view
+
+    x = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3)).astype("uint8")
+    whole = augment_view(x, 1)
+    assert whole.shape == x.shape and whole.dtype == np.float32
+    assert whole.min() >= 0.0 and whole.max() <= 255.0
+    # Keyed on (view number, image index): the same image gets the same view in any batch.
+    np.testing.assert_array_equal(augment_view(x[2:5], 1, start=2), whole[2:5])
+    np.testing.assert_array_equal(augment_view(x, 1), whole)
+    assert not np.allclose(augment_view(x, 2), whole)
+    assert not np.allclose(whole, x.astype("float32"))
+    # A flat grey image stays flat under crop, mirror and grey; brightness/contrast scale it.
+    flat = np.full((3, 8, 8, 3), 100, "uint8")
+    out = augment_view(flat, 3)
+    assert np.allclose(out, out[:, :1, :1, :1], atol=1e-3)
+
+
+def test_pair_batches_draw_two_different_views_when_there_are_several():
+    from mghash_tf.training.unsupervised import PairBatches
+
+    views, n = 4, 64
+    # Every cached value names its view, so a batch shows which views it drew.
+    cached = [np.broadcast_to(np.arange(views, dtype="float16")[:, None, None], (views, n, 1)).copy()]
+    batches = PairBatches(cached, np.zeros((n, 3), "float32"), batch_size=32, seed=0)
+    seen = set()
+    for i in range(len(batches)):
+        (first, second), _ = batches[i]
+        assert (first[:, 0] != second[:, 0]).all()
+        seen |= {(int(a), int(b)) for a, b in zip(first[:, 0], second[:, 0])}
+    assert {a for a, _ in seen} == set(range(views)) and {b for _, b in seen} == set(range(views))

@@ -14,7 +14,8 @@ float16 arrays, and trains the rest (the *head*) on those arrays:
   blocks 6-16), about twice the cost of ``train_stages=1``.
 
 Augmentation survives as *views*: each training image is cached as itself and horizontally
-flipped, and every epoch draws one view per image.
+flipped (and, for label-free training, as seeded random augmentations ``augment_1``, ...:
+:func:`augment_view`), and every epoch draws one view per image.
 
 The head is built from the full model's own layers (shared weights): once it is trained, the
 full model is trained and saves, evaluates and exports as usual.
@@ -40,6 +41,57 @@ from mghash_tf.training.stages import Stage, StageOutcome, hashing_loss, quantiz
 
 logger = logging.getLogger(__name__)
 VIEWS = {"identity": lambda x: x, "hflip": lambda x: x[:, :, ::-1]}
+AUGMENT_PREFIX = "augment_"
+
+
+def view_names(count: int) -> tuple:
+    """``count`` cached views: ``identity``, ``hflip``, then ``augment_1``, ``augment_2``, ..."""
+    return tuple(list(VIEWS)[:count]) + tuple(f"{AUGMENT_PREFIX}{i}" for i in range(1, count - len(VIEWS) + 1))
+
+
+def _augment_number(name: str):
+    if name.startswith(AUGMENT_PREFIX) and name[len(AUGMENT_PREFIX):].isdigit():
+        number = int(name[len(AUGMENT_PREFIX):])
+        return number if number >= 1 else None
+    return None
+
+
+def augment_view(images, number: int, start: int = 0) -> np.ndarray:
+    """Seeded random augmentation ``augment_<number>`` of a batch whose first image has index
+    ``start`` in the whole set, float32 in the input's range. Per image (its own generator, keyed
+    on ``number`` and its index, so the view does not depend on the batch size): a random resized
+    crop (area 30-100 %, aspect 3:4-4:3, resized back bilinearly), a mirror with probability 1/2,
+    brightness, contrast and saturation each scaled by a factor in [0.6, 1.4], and grey with
+    probability 0.2 -- the SimCLR family of views that contrastive hashing (CIBHash) trains on,
+    at the strength a 32-px image takes."""
+    import tensorflow as tf
+
+    x = np.asarray(images, dtype="float32")
+    n, h, w = x.shape[:3]
+    top = float(np.max(x)) if x.size else 1.0
+    top = 255.0 if top > 1.0 else 1.0
+    boxes = np.empty((n, 4), "float32")
+    params = np.empty((n, 5), "float32")
+    for i in range(n):
+        rng = np.random.default_rng((number, start + i))
+        area, log_ratio = rng.uniform(0.3, 1.0), rng.uniform(np.log(3 / 4), np.log(4 / 3))
+        bw = min(1.0, np.sqrt(area * np.exp(log_ratio)))
+        bh = min(1.0, np.sqrt(area / np.exp(log_ratio)))
+        y0, x0 = rng.uniform(0.0, 1.0 - bh), rng.uniform(0.0, 1.0 - bw)
+        boxes[i] = (y0, x0, y0 + bh, x0 + bw)
+        params[i] = (rng.random() < 0.5, *rng.uniform(0.6, 1.4, 3), rng.random() < 0.2)
+    out = tf.image.crop_and_resize(x, boxes, np.arange(n, dtype="int32"), (h, w)).numpy()
+    flip = params[:, 0].astype(bool)
+    out[flip] = out[flip, :, ::-1]
+    if out.shape[-1] == 3:
+        out *= params[:, 1, None, None, None]
+        mean = out.mean(axis=(1, 2, 3), keepdims=True)
+        out = mean + (out - mean) * params[:, 2, None, None, None]
+        grey = out @ np.array([0.299, 0.587, 0.114], "float32")
+        out = grey[..., None] + (out - grey[..., None]) * params[:, 3, None, None, None]
+        gray = params[:, 4].astype(bool)
+        out[gray] = np.repeat((out[gray] @ np.array([0.299, 0.587, 0.114], "float32"))[..., None], 3, axis=-1)
+    return np.clip(out, 0.0, top)
 
 
 @dataclasses.dataclass
@@ -97,9 +149,10 @@ def extract(trunk: keras.Model, images, *, views=("identity",), batch_size: int 
     """Run the trunk once per view. Returns ``(cached, gap)``: ``cached`` is a list of arrays
     ``(V, N, h, w, c)`` in ``dtype``; ``gap`` is ``(V, N, C)`` float32."""
     images = np.asarray(images)
-    unknown = [v for v in views if v not in VIEWS]
+    unknown = [v for v in views if v not in VIEWS and _augment_number(v) is None]
     if unknown or not views:
-        raise ValueError(f"`views` must be names from {sorted(VIEWS)}. Received: views={views!r}")
+        raise ValueError(f"`views` must be names from {sorted(VIEWS)} or {AUGMENT_PREFIX}N (N >= 1). "
+                         f"Received: views={views!r}")
     n = len(images)
     shapes = [tuple(t.shape[1:]) for t in trunk.outputs]
     cached = [np.empty((len(views), n) + s, dtype=dtype) for s in shapes[:-1]]
@@ -107,7 +160,9 @@ def extract(trunk: keras.Model, images, *, views=("identity",), batch_size: int 
     start = time.perf_counter()
     for v, name in enumerate(views):
         for lo in range(0, n, batch_size):
-            batch = VIEWS[name](images[lo:lo + batch_size]).astype("float32")
+            batch = images[lo:lo + batch_size]
+            batch = (VIEWS[name](batch) if name in VIEWS
+                     else augment_view(batch, _augment_number(name), lo)).astype("float32")
             for dst, out in zip(cached + [gap], trunk.predict_on_batch(batch)):
                 dst[v, lo:lo + len(batch)] = out
     seconds = time.perf_counter() - start

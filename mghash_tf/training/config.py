@@ -63,7 +63,8 @@ class TrainConfig:
     files directly in its root (read without labels, :func:`mghash_tf.data.sources.read_folder`),
     which switches to ``"none"`` with a logged warning. ``"none"`` trains without labels
     (:mod:`mghash_tf.training.unsupervised`: ``unsupervised_loss`` terms from ``contrastive`` and
-    ``affinity``, NT-Xent at ``contrastive_temperature`` between two views with
+    ``affinity``, NT-Xent at ``contrastive_temperature`` between two of ``unsupervised_views``
+    cached views of each image (identity, mirror, then seeded random augmentations) with
     ``feature_dropout``, ``affinity_weight``; ``loss`` is then unused): it needs a pretrained
     backbone (``weights``) and ``stage1_cache``, and no ``finetune_epochs`` (fine-tuning reads
     labels). Labels the data has are then used only to report validation and test mAP, never
@@ -117,6 +118,7 @@ class TrainConfig:
     contrastive_temperature: float = 0.5
     affinity_weight: float = 1.0
     feature_dropout: float = 0.2
+    unsupervised_views: int = 2
 
     def __post_init__(self):
         from mghash_tf.model.backbones import backbone_names  # Keras: only when a config is made
@@ -183,6 +185,10 @@ class TrainConfig:
             raise ValueError(f"`affinity_weight` must be >= 0. Received: affinity_weight={self.affinity_weight}")
         if not 0.0 <= self.feature_dropout < 1.0:
             raise ValueError(f"`feature_dropout` must be in [0, 1). Received: feature_dropout={self.feature_dropout}")
+        _check_int("unsupervised_views", self.unsupervised_views, minimum=1)
+        if self.unsupervised_views > 16:
+            raise ValueError("`unsupervised_views` (cached versions of every training image; memory grows with "
+                             f"it) must be at most 16. Received: unsupervised_views={self.unsupervised_views}")
         if self.labels != "none":
             return
         if self.weights is None or self.stage1_cache == "none":

@@ -24,20 +24,20 @@ import numpy as np
 from mghash_tf.core.layout import STAGES, get_layout
 from mghash_tf.model import BACKBONE_LAYER, get_layout_of
 from mghash_tf.model.unsupervised_loss import UnsupervisedHashingLoss
-from mghash_tf.training.cached import CachedBatches, extract, predict_cached, split_model, unfreeze_tail
+from mghash_tf.training.cached import (CachedBatches, extract, predict_cached, split_model, unfreeze_tail,
+                                       view_names)
 from mghash_tf.training.checkpoints import LOG
 from mghash_tf.training.config import STAGE1_CACHE
 from mghash_tf.training.optimizers import make_optimizer
 from mghash_tf.training.stages import StageOutcome
 
 logger = logging.getLogger(__name__)
-VIEWS = ("identity", "hflip")
 
 
 class PairBatches(CachedBatches):
     """Shuffled batches ``(view-1 arrays + view-2 arrays, targets)`` of cached arrays
-    ``(V, N, ...)``: per item, the two views are its cached versions in random order (the same
-    one twice when V = 1), each times its own inverted-dropout mask."""
+    ``(V, N, ...)``: per item, two different cached versions drawn at random (the same one twice
+    when V = 1), each times its own inverted-dropout mask."""
 
     label_dtype = "float32"
 
@@ -57,7 +57,7 @@ class PairBatches(CachedBatches):
     def __getitem__(self, i):
         idx = np.sort(self.order[i * self.batch_size:(i + 1) * self.batch_size])
         first = self.view[idx]
-        second = (first + 1) % self.num_views
+        second = (first + self.rng.integers(1, max(self.num_views, 2), len(idx))) % self.num_views
         return tuple(self._view(first, idx) + self._view(second, idx)), self.labels[idx]
 
 
@@ -130,7 +130,7 @@ def run_unsupervised(model: keras.Model, stage, ctx) -> StageOutcome:
     """Stage 1 without labels, behind the stage interface of :mod:`mghash_tf.training.stages`."""
     config = ctx.config
     split = split_model(model, train_stages=STAGE1_CACHE.index(config.stage1_cache) - 1)
-    views = VIEWS if config.augment else VIEWS[:1]
+    views = view_names(config.unsupervised_views if config.augment else 1)
     cached, gap = extract(split.trunk, ctx.splits.train.x, views=views)
     targets = affinity_targets(gap[0])
     del gap
