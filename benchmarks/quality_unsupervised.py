@@ -9,7 +9,9 @@ Protocol (written into every record):
   ``--image-size`` inside the model; its frozen part runs once (cached as itself and mirrored).
 - Training: ``train(TrainConfig(labels="none", stage1_cache=...))``, like a user's
   ``train --labels none``: the objective of :mod:`mghash_tf.model.unsupervised_loss`; no label
-  is read, and the last epoch is the model (no label-based selection).
+  is read, and the last epoch is the model (no label-based selection). ``--train-subset N``
+  trains on a seeded N-image subset of train (its cached views must fit in memory); the
+  database is still the whole train split.
 - Test: query = the test split, database = the whole train split, mAP@all; relevant = same
   label at the granularity's level (the labels only measure). Method ``mghash_unsupervised``.
 - Baselines (the classic label-free ones) at the same bit count on the same backbone and image
@@ -42,7 +44,7 @@ def config_for(args, layout: str):
         frozen_epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         quantization_weight=args.quantization_weight, contrastive_temperature=args.temperature, unsupervised_loss=args.unsupervised_loss,
         affinity_weight=args.affinity_weight, feature_dropout=args.feature_dropout,
-        unsupervised_views=args.unsupervised_views, seed=args.seed,
+        unsupervised_views=args.unsupervised_views, max_train=args.train_subset, seed=args.seed,
         val_fraction=0.05, mixed_precision=args.mixed_precision or "auto")
 
 
@@ -67,7 +69,9 @@ def run_dataset(name, args, records, runs, prov):
                     f"training (labels=none: {config.unsupervised_loss}, temperature {config.contrastive_temperature}, "
                     f"affinity weight {config.affinity_weight}, feature dropout {config.feature_dropout}); MobileNetV2 "
                     f"ImageNet @{args.image_size}px from 32 px, cached trunk ({config.stage1_cache}), views "
-                    f"{'+'.join(view_names(config.unsupervised_views))}, {args.epochs} epochs, last epoch kept; baselines fitted on "
+                    f"{'+'.join(view_names(config.unsupervised_views))}, {args.epochs} epochs, last epoch kept"
+                    + (f", trained on a seeded {args.train_subset}-image subset of train" if args.train_subset else "")
+                    + "; baselines fitted on "
                     f"{min(args.fit_max, n_db)} database features")
         base = {"dataset": name, "suite": "unsupervised", "protocol": protocol, "backbone": "mobilenet_v2",
                 "image_size": args.image_size, "layout": layout, "n_query": n_query, "n_database": n_db,
