@@ -34,6 +34,7 @@ Protocol of the ``mobilenet`` suite (also written into every record):
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -104,6 +105,12 @@ def parse_args(argv=None):
     if args.quick:
         args.max_train, args.max_test, args.epochs = args.max_train or 2000, args.max_test or 500, 2
     return args
+
+
+def portable(runs: list) -> list:
+    """Run records with this machine's path to the shared folder written as ``../shared`` (the
+    configs name their data file by absolute path)."""
+    return json.loads(json.dumps(runs).replace(json.dumps(str(SHARED))[1:-1], "../shared"))
 
 
 def data_path(name) -> Path:
@@ -315,8 +322,6 @@ def _replaced(rows, args) -> list:
 
 
 def main(argv=None):
-    import json
-
     from export.report import provenance, write_json
     from mghash_tf.core.files import write_bytes_atomic
 
@@ -336,7 +341,7 @@ def main(argv=None):
     def save():
         args.out.mkdir(parents=True, exist_ok=True)
         write_json(json_path, records)
-        write_json(runs_path, runs)
+        write_json(runs_path, portable(runs))
         write_bytes_atomic(args.out / "quality.md", markdown(records, runs).encode())
         plot(records, args.out / "quality.png")
 

@@ -117,3 +117,12 @@ def test_unsupervised_suite_rows_and_runs_are_reported():
 
     config = quality_unsupervised.config_for(args, "plain64")
     assert config.labels == "none" and config.stage1_cache == "heads" and config.finetune_epochs == 0
+
+
+def test_run_records_name_the_shared_folder_relatively():
+    data = f"npz:{quality.SHARED / 'data' / 'cifar10.npz'}"
+    runs = [{"config": {"data": data, "seed": 1}, "command": "python benchmarks/quality.py --suite fast"}]
+    out = quality.portable(runs)
+    assert out == [{"config": {"data": "npz:../shared/data/cifar10.npz", "seed": 1},
+                    "command": "python benchmarks/quality.py --suite fast"}]
+    assert runs[0]["config"]["data"] == data
