@@ -91,7 +91,7 @@ def parse_args(argv=None):
     p.add_argument("--train-subset", type=int,
                    help="unsupervised suite: train on a seeded subset of this many train images (the cached "
                         "views of all 50,000 do not fit in memory here); the database stays the whole train split")
-    p.add_argument("--unsupervised-views", type=int, default=2,
+    p.add_argument("--unsupervised-views", type=int, default=4,
                    help="unsupervised suite: cached views per image (identity, mirror, then seeded augmentations)")
     p.add_argument("--feature-dropout", type=float, default=0.2, help="unsupervised suite: dropout on cached views")
     p.add_argument("--fit-max", type=int, default=20000,

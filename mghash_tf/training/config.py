@@ -118,7 +118,7 @@ class TrainConfig:
     contrastive_temperature: float = 0.5
     affinity_weight: float = 1.0
     feature_dropout: float = 0.2
-    unsupervised_views: int = 2
+    unsupervised_views: int = 4
 
     def __post_init__(self):
         from mghash_tf.model.backbones import backbone_names  # Keras: only when a config is made

@@ -1,13 +1,14 @@
 """Label-free stage 1 on the cached trunk (``TrainConfig.labels="none"``).
 
-The frozen trunk runs once over the training images as themselves and mirrored
-(:func:`mghash_tf.training.cached.extract`), which also gives the frozen backbone's global-average
-features. Each step then takes two views of every item of a batch (its two cached versions in a
-random order, each with its own random feature dropout: a cheap feature-level augmentation
-that a mirror alone is too weak to replace) and fits the head (and with ``last_stage`` the
-backbone's last stage) to :class:`~mghash_tf.model.unsupervised_loss.UnsupervisedHashingLoss`:
-NT-Xent between the two views' codes, plus code inner products following the cosines of the
-frozen features, centred on the training mean.
+The frozen trunk runs once over the training images, cached as ``unsupervised_views`` views:
+themselves, mirrored, then seeded random augmentations (resized crop, mirror, colour jitter,
+grey: :func:`mghash_tf.training.cached.augment_view`); that pass also gives the frozen backbone's
+global-average features. Each step takes two different views of every item of a batch, each with
+its own random feature dropout (a cheap feature-level augmentation on top of the cached ones),
+and fits the head (and with ``last_stage`` the backbone's last stage) to
+:class:`~mghash_tf.model.unsupervised_loss.UnsupervisedHashingLoss`: NT-Xent between the two
+views' codes, plus code inner products following the cosines of the frozen features, centred
+on the training mean.
 
 No label is read. Without labels there is no validation mAP to select a checkpoint by, so the
 last epoch is the model; log.csv has the loss per epoch.
