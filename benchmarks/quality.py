@@ -243,7 +243,8 @@ def _run_lines(runs, suite) -> list:
     for head in (r for r in runs if "wall_seconds" in r and suite_of(r) == suite):
         lines += [f"- **{head['dataset']}**: `{head['command']}`, {head['date']}, {head['machine']}; "
                   f"wall time {head['wall_seconds'] / 60:.1f} min (data, training, evaluation)"]
-        for r in (r for r in runs if r["dataset"] == head["dataset"] and "layout" in r and suite_of(r) == suite):
+        for r in (r for r in runs if r["dataset"] == head["dataset"] and "layout" in r and suite_of(r) == suite
+                  and r.get("command", head["command"]) == head["command"]):
             chosen = ("last epoch kept (no labels)" if r["best_epoch"] is None else
                       f"best epoch {r['best_epoch']} (val mAP {r['best_val_map_fine']:.3f})")
             line = (f"  - {layout_name(r)}: {r['epochs']} epochs, {chosen}, training {r['train_seconds'] / 60:.1f} min "

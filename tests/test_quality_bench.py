@@ -126,3 +126,21 @@ def test_run_records_name_the_shared_folder_relatively():
     assert out == [{"config": {"data": "npz:../shared/data/cifar10.npz", "seed": 1},
                     "command": "python benchmarks/quality.py --suite fast"}]
     assert runs[0]["config"]["data"] == data
+
+
+def test_each_label_free_command_lists_only_its_own_layout_runs():
+    def layout_run(command, seconds):
+        return {"dataset": "toy", "suite": "unsupervised", "layout": "plain16", "command": command, "epochs": 3,
+                "best_epoch": None, "best_val_map_fine": None, "train_seconds": seconds,
+                "train_images_per_second": 500.0}
+
+    def head(command):
+        return {"dataset": "toy", "suite": "unsupervised", "command": command, "date": "d", "machine": "m",
+                "wall_seconds": 60.0}
+
+    rows = [dict(r, suite="unsupervised") for r in _records()]
+    runs = [layout_run("a", 60.0), head("a"), layout_run("b", 120.0), head("b")]
+    lines = quality.markdown(rows, runs).splitlines()
+    first, second = lines.index(next(x for x in lines if "`a`" in x)), lines.index(next(x for x in lines if "`b`" in x))
+    assert "training 1.0 min" in lines[first + 1] and lines[first + 2] == lines[second]
+    assert "training 2.0 min" in lines[second + 1]
