@@ -220,6 +220,9 @@ def test_augmented_views_are_seeded_per_image_and_stay_in_range():
     flat = np.full((3, 8, 8, 3), 100, "uint8")
     out = augment_view(flat, 3)
     assert np.allclose(out, out[:, :1, :1, :1], atol=1e-3)
+    # The range comes from the dtype, not from the batch: a dark uint8 batch is not clipped at 1.
+    dark = augment_view(np.ones((8, 8, 8, 3), "uint8"), 1)
+    assert dark.max() > 1.0 and dark.max() <= 1.4 + 1e-5
 
 
 def test_pair_batches_draw_two_different_views_when_there_are_several():

@@ -42,6 +42,7 @@ from mghash_tf.training.stages import Stage, StageOutcome, hashing_loss, quantiz
 logger = logging.getLogger(__name__)
 VIEWS = {"identity": lambda x: x, "hflip": lambda x: x[:, :, ::-1]}
 AUGMENT_PREFIX = "augment_"
+LUMA = np.array([0.299, 0.587, 0.114], "float32")  # ITU-R BT.601 luma weights
 
 
 def view_names(count: int) -> tuple:
@@ -66,10 +67,13 @@ def augment_view(images, number: int, start: int = 0) -> np.ndarray:
     at the strength a 32-px image takes."""
     import tensorflow as tf
 
-    x = np.asarray(images, dtype="float32")
+    images = np.asarray(images)
+    x = images.astype("float32")
     n, h, w = x.shape[:3]
-    top = float(np.max(x)) if x.size else 1.0
-    top = 255.0 if top > 1.0 else 1.0
+    if np.issubdtype(images.dtype, np.integer):
+        top = float(np.iinfo(images.dtype).max)
+    else:
+        top = 1.0 if x.size == 0 or float(x.max()) <= 1.0 else 255.0
     boxes = np.empty((n, 4), "float32")
     params = np.empty((n, 5), "float32")
     for i in range(n):
@@ -81,16 +85,15 @@ def augment_view(images, number: int, start: int = 0) -> np.ndarray:
         boxes[i] = (y0, x0, y0 + bh, x0 + bw)
         params[i] = (rng.random() < 0.5, *rng.uniform(0.6, 1.4, 3), rng.random() < 0.2)
     out = tf.image.crop_and_resize(x, boxes, np.arange(n, dtype="int32"), (h, w)).numpy()
-    flip = params[:, 0].astype(bool)
-    out[flip] = out[flip, :, ::-1]
+    mirror, brightness, contrast, saturation, grey = (params[:, j] for j in range(5))
+    out[mirror > 0] = out[mirror > 0, :, ::-1]
     if out.shape[-1] == 3:
-        out *= params[:, 1, None, None, None]
+        scale = lambda v: v[:, None, None, None]  # noqa: E731 (per image factor over h, w, c)
+        out *= scale(brightness)
         mean = out.mean(axis=(1, 2, 3), keepdims=True)
-        out = mean + (out - mean) * params[:, 2, None, None, None]
-        grey = out @ np.array([0.299, 0.587, 0.114], "float32")
-        out = grey[..., None] + (out - grey[..., None]) * params[:, 3, None, None, None]
-        gray = params[:, 4].astype(bool)
-        out[gray] = np.repeat((out[gray] @ np.array([0.299, 0.587, 0.114], "float32"))[..., None], 3, axis=-1)
+        out = mean + (out - mean) * scale(contrast)
+        luma = (out @ LUMA)[..., None]
+        out = luma + (out - luma) * scale(np.where(grey > 0, 0.0, saturation))
     return np.clip(out, 0.0, top)
 
 
