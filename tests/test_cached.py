@@ -44,6 +44,16 @@ def test_split_head_on_cache_equals_full_model(train_stages):
     np.testing.assert_allclose(gap[0], high.mean(axis=(1, 2)), rtol=1e-4, atol=1e-5)
 
 
+def test_augmented_views_in_the_cache_equal_the_trunk_on_the_whole_augmented_set():
+    model = _model()
+    split = cached.split_model(model)
+    x, _ = _data(10)
+    # Batches of 3 seed each image by its index in the set: the same as augmenting all 10 at once.
+    arrays, _ = cached.extract(split.trunk, x, views=("augment_2",), batch_size=3, dtype="float32")
+    np.testing.assert_allclose(cached.predict_cached(split.head, arrays), encode(model, cached.augment_view(x, 2)),
+                               atol=1e-5)
+
+
 def test_float16_cache_keeps_the_signs():
     model = _model()
     split = cached.split_model(model)

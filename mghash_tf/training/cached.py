@@ -50,10 +50,14 @@ def view_names(count: int) -> tuple:
     return tuple(list(VIEWS)[:count]) + tuple(f"{AUGMENT_PREFIX}{i}" for i in range(1, count - len(VIEWS) + 1))
 
 
-def _augment_number(name: str):
-    if name.startswith(AUGMENT_PREFIX) and name[len(AUGMENT_PREFIX):].isdigit():
-        number = int(name[len(AUGMENT_PREFIX):])
-        return number if number >= 1 else None
+def view_transform(name: str):
+    """``(batch, start) -> images`` of a view name (``start``: the batch's first index in the
+    whole set, which seeds the augmented views), or None for an unknown name."""
+    if name in VIEWS:
+        return lambda batch, start: VIEWS[name](batch)
+    digits = name[len(AUGMENT_PREFIX):]
+    if name.startswith(AUGMENT_PREFIX) and digits.isdigit() and int(digits) >= 1:
+        return lambda batch, start: augment_view(batch, int(digits), start)
     return None
 
 
@@ -152,7 +156,8 @@ def extract(trunk: keras.Model, images, *, views=("identity",), batch_size: int 
     """Run the trunk once per view. Returns ``(cached, gap)``: ``cached`` is a list of arrays
     ``(V, N, h, w, c)`` in ``dtype``; ``gap`` is ``(V, N, C)`` float32."""
     images = np.asarray(images)
-    unknown = [v for v in views if v not in VIEWS and _augment_number(v) is None]
+    transforms = [view_transform(v) for v in views]
+    unknown = [v for v, t in zip(views, transforms) if t is None]
     if unknown or not views:
         raise ValueError(f"`views` must be names from {sorted(VIEWS)} or {AUGMENT_PREFIX}N (N >= 1). "
                          f"Received: views={views!r}")
@@ -161,11 +166,9 @@ def extract(trunk: keras.Model, images, *, views=("identity",), batch_size: int 
     cached = [np.empty((len(views), n) + s, dtype=dtype) for s in shapes[:-1]]
     gap = np.empty((len(views), n) + shapes[-1], dtype="float32")
     start = time.perf_counter()
-    for v, name in enumerate(views):
+    for v, transform in enumerate(transforms):
         for lo in range(0, n, batch_size):
-            batch = images[lo:lo + batch_size]
-            batch = (VIEWS[name](batch) if name in VIEWS
-                     else augment_view(batch, _augment_number(name), lo)).astype("float32")
+            batch = transform(images[lo:lo + batch_size], lo).astype("float32")
             for dst, out in zip(cached + [gap], trunk.predict_on_batch(batch)):
                 dst[v, lo:lo + len(batch)] = out
     seconds = time.perf_counter() - start
